@@ -1,0 +1,412 @@
+"""The embedded backend: one SQLite database file per zone.
+
+Layout of a zone file (WAL mode):
+
+- ``topics(name, partitions, retention_ms)``
+- ``partitions(topic, partition, next_offset)`` — the high watermark, kept in the same
+  transaction as the appends so offsets never repeat, even after retention deleted records
+- ``records(topic, partition, offset, key, value, headers, ts)`` — one row per record
+- ``group_offsets(grp, topic, partition, next_offset)`` — committed consumer positions; the
+  topic may belong to another zone (a flow's source position kept in its destination)
+
+Durability: each ``produce`` and each transaction is one SQLite write transaction opened with
+``BEGIN IMMEDIATE`` (so concurrent writers queue on the database lock instead of failing
+half way). With ``synchronous=FULL`` (the default) a record is on disk when ``produce``
+returns; a process killed at any moment leaves either the whole batch or none of it.
+
+Encryption at rest: given a :class:`RecordCipher`, the key, headers and value of every record
+are sealed together, with associated data binding zone, topic, partition and offset, so a row
+copied to another place does not decrypt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import struct
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, Protocol
+
+from trustzones.errors import StreamError, TransactionAborted, UnknownTopic
+from trustzones.streams._partition import partition_for
+from trustzones.streams.base import (
+    Backend,
+    Header,
+    NewRecord,
+    Record,
+    RecordPosition,
+    Transaction,
+)
+
+__all__ = ["EmbeddedBackend", "RecordCipher"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, retention_ms INTEGER,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS partitions (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    key BLOB, value BLOB NOT NULL, headers BLOB, ts INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+) WITHOUT ROWID;
+"""
+
+
+class RecordCipher(Protocol):
+    """Seals record bytes at rest; the keys part provides zone-key implementations."""
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes: ...
+
+    def open(self, ciphertext: bytes, *, aad: bytes) -> bytes: ...
+
+
+def _pack_headers(headers: Sequence[Header]) -> bytes:
+    out = bytearray()
+    for k, v in headers:
+        kb = k.encode()
+        out += struct.pack(">HI", len(kb), len(v))
+        out += kb
+        out += v
+    return bytes(out)
+
+
+def _unpack_headers(data: bytes | None) -> tuple[Header, ...]:
+    if not data:
+        return ()
+    out: list[Header] = []
+    i = 0
+    while i < len(data):
+        kl, vl = struct.unpack_from(">HI", data, i)
+        i += 6
+        out.append((data[i : i + kl].decode(), bytes(data[i + kl : i + kl + vl])))
+        i += kl + vl
+    return tuple(out)
+
+
+def _pack_sealed(key: bytes | None, headers: bytes, value: bytes) -> bytes:
+    k = b"" if key is None else key
+    flag = 0 if key is None else 1
+    return struct.pack(">BII", flag, len(k), len(headers)) + k + headers + value
+
+
+def _unpack_sealed(blob: bytes) -> tuple[bytes | None, bytes, bytes]:
+    flag, kl, hl = struct.unpack_from(">BII", blob, 0)
+    i = 9
+    key = blob[i : i + kl] if flag else None
+    headers = blob[i + kl : i + kl + hl]
+    return key, headers, blob[i + kl + hl :]
+
+
+class EmbeddedBackend(Backend):
+    """A zone stored in one SQLite file. Example::
+
+    with EmbeddedBackend("analytics", Path("data/analytics.db")) as b:
+        b.ensure_topic("clicks", partitions=2)
+        b.produce("clicks", [NewRecord(value=b"{}")])
+    """
+
+    def __init__(
+        self,
+        zone: str,
+        path: Path,
+        *,
+        cipher: RecordCipher | None = None,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.zone = zone
+        self.path = Path(path)
+        self._cipher = cipher
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._db: sqlite3.Connection | None = None
+        self._partitions: dict[str, int] = {}
+        self._rr = itertools.count()
+        self._last_purge: dict[str, float] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA foreign_keys=ON")
+            if not self._has_schema(db):
+                db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StreamError(
+                f"zone {self.zone!r}: cannot open its database {self.path} ({exc}). Check that "
+                "the data directory exists and is writable."
+            ) from exc
+        self._db = db
+
+    @staticmethod
+    def _has_schema(db: sqlite3.Connection) -> bool:
+        row = db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='group_offsets'"
+        ).fetchone()
+        return bool(row and row[0])
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.open()
+        assert self._db is not None
+        return self._db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StreamError(f"zone {self.zone!r}: database busy or locked ({exc}).") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise TransactionAborted(f"zone {self.zone!r}: commit failed ({exc}).") from exc
+
+    # -- topics ---------------------------------------------------------------------------
+    def ensure_topic(self, topic: str, *, partitions: int, retention_ms: int | None = None) -> None:
+        if partitions < 1:
+            raise StreamError(f"topic {topic!r}: partitions must be ≥ 1, got {partitions}")
+        with self._write() as db:
+            row = db.execute("SELECT partitions FROM topics WHERE name=?", (topic,)).fetchone()
+            now = int(time.time() * 1000)
+            if row is None:
+                db.execute(
+                    "INSERT INTO topics VALUES (?,?,?,?)", (topic, partitions, retention_ms, now)
+                )
+                current = 0
+            else:
+                current = int(row[0])
+                if partitions > current:
+                    db.execute("UPDATE topics SET partitions=? WHERE name=?", (partitions, topic))
+                db.execute("UPDATE topics SET retention_ms=? WHERE name=?", (retention_ms, topic))
+            for p in range(current, partitions):
+                db.execute("INSERT OR IGNORE INTO partitions VALUES (?,?,0)", (topic, p))
+        self._partitions.pop(topic, None)
+
+    def list_topics(self) -> dict[str, int]:
+        return {
+            str(n): int(p)
+            for n, p in self.db.execute("SELECT name, partitions FROM topics ORDER BY name")
+        }
+
+    def partition_count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is not None:
+            return n
+        row = self.db.execute("SELECT partitions FROM topics WHERE name=?", (topic,)).fetchone()
+        if row is None:
+            raise UnknownTopic(
+                f"topic {topic!r} does not exist in zone {self.zone!r}. Declare it in "
+                "trustzones.yaml (or create it) first."
+            )
+        self._partitions[topic] = int(row[0])
+        return int(row[0])
+
+    # -- records --------------------------------------------------------------------------
+    def _aad(self, topic: str, partition: int, offset: int) -> bytes:
+        return f"tz1\x00{self.zone}\x00{topic}\x00{partition}\x00{offset}".encode()
+
+    def _append(
+        self, db: sqlite3.Connection, topic: str, records: Sequence[NewRecord]
+    ) -> list[RecordPosition]:
+        n = self.partition_count(topic)
+        targets: list[int] = []
+        for r in records:
+            if r.partition is not None:
+                if not 0 <= r.partition < n:
+                    raise StreamError(
+                        f"topic {topic!r} has {n} partitions; "
+                        f"partition {r.partition} is out of range"
+                    )
+                targets.append(r.partition)
+            elif r.key is not None:
+                targets.append(partition_for(r.key, n))
+            else:
+                targets.append(next(self._rr) % n)
+        nexts: dict[int, int] = {}
+        for p in set(targets):
+            row = db.execute(
+                "SELECT next_offset FROM partitions WHERE topic=? AND partition=?", (topic, p)
+            ).fetchone()
+            nexts[p] = int(row[0]) if row else 0
+        now = int(time.time() * 1000)
+        rows = []
+        positions = []
+        for r, p in zip(records, targets, strict=True):
+            off = nexts[p]
+            nexts[p] = off + 1
+            ts = r.timestamp_ms if r.timestamp_ms is not None else now
+            headers = _pack_headers(r.headers)
+            if self._cipher is not None:
+                blob = self._cipher.seal(
+                    _pack_sealed(r.key, headers, r.value), aad=self._aad(topic, p, off)
+                )
+                rows.append((topic, p, off, None, blob, None, ts))
+            else:
+                rows.append((topic, p, off, r.key, r.value, headers or None, ts))
+            positions.append(RecordPosition(topic, p, off))
+        db.executemany(
+            'INSERT INTO records (topic, partition, "offset", key, value, headers, ts) '
+            "VALUES (?,?,?,?,?,?,?)",
+            rows,
+        )
+        db.executemany(
+            "UPDATE partitions SET next_offset=? WHERE topic=? AND partition=?",
+            [(nxt, topic, p) for p, nxt in nexts.items()],
+        )
+        return positions
+
+    def produce(self, topic: str, records: Sequence[NewRecord]) -> list[RecordPosition]:
+        if not records:
+            return []
+        with self._write() as db:
+            positions = self._append(db, topic, records)
+        self._maybe_purge(topic)
+        return positions
+
+    def fetch(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 500
+    ) -> list[Record]:
+        n = self.partition_count(topic)
+        if not 0 <= partition < n:
+            raise StreamError(f"topic {topic!r} has no partition {partition}")
+        rows = self.db.execute(
+            'SELECT "offset", key, value, headers, ts FROM records '
+            'WHERE topic=? AND partition=? AND "offset">=? ORDER BY "offset" LIMIT ?',
+            (topic, partition, offset, max_records),
+        ).fetchall()
+        out = []
+        cipher = self._cipher
+        for off, key, value, headers, ts in rows:
+            if cipher is not None:
+                key, hbytes, value = _unpack_sealed(
+                    cipher.open(value, aad=self._aad(topic, partition, off))
+                )
+                hdrs = _unpack_headers(hbytes)
+            else:
+                hdrs = _unpack_headers(headers)
+            out.append(Record(topic, partition, int(off), key, bytes(value), hdrs, int(ts)))
+        return out
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        self.partition_count(topic)
+        return {
+            int(p): int(o)
+            for p, o in self.db.execute(
+                "SELECT partition, next_offset FROM partitions WHERE topic=? ORDER BY partition",
+                (topic,),
+            )
+        }
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        """Partition → lowest offset still stored (retention may have removed older ones)."""
+        ends = self.end_offsets(topic)
+        out = {}
+        for p, end in ends.items():
+            row = self.db.execute(
+                'SELECT min("offset") FROM records WHERE topic=? AND partition=?', (topic, p)
+            ).fetchone()
+            out[p] = int(row[0]) if row and row[0] is not None else end
+        return out
+
+    # -- groups and transactions ----------------------------------------------------------
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        return {
+            int(p): int(o)
+            for p, o in self.db.execute(
+                "SELECT partition, next_offset FROM group_offsets WHERE grp=? AND topic=?",
+                (group, topic),
+            )
+        }
+
+    @staticmethod
+    def _store_offsets(
+        db: sqlite3.Connection, group: str, topic: str, offsets: Mapping[int, int]
+    ) -> None:
+        now = int(time.time() * 1000)
+        db.executemany(
+            "INSERT INTO group_offsets VALUES (?,?,?,?,?) ON CONFLICT (grp, topic, partition) "
+            "DO UPDATE SET next_offset=excluded.next_offset, updated_ms=excluded.updated_ms",
+            [(group, topic, int(p), int(o), now) for p, o in offsets.items()],
+        )
+
+    def commit_offsets(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        if not offsets:
+            return
+        with self._write() as db:
+            self._store_offsets(db, group, topic, offsets)
+
+    @contextmanager
+    def transaction(self, transactional_id: str) -> Iterator[Transaction]:
+        with self._write() as db:
+            yield _EmbeddedTransaction(self, db)
+
+    # -- retention ------------------------------------------------------------------------
+    def _maybe_purge(self, topic: str, *, every_s: float = 60.0) -> None:
+        now = time.monotonic()
+        if now - self._last_purge.get(topic, 0.0) < every_s:
+            return
+        self._last_purge[topic] = now
+        self.enforce_retention(topic)
+
+    def enforce_retention(self, topic: str, *, now_ms: int | None = None) -> int:
+        """Delete records older than the topic's retention; returns how many went."""
+        row = self.db.execute("SELECT retention_ms FROM topics WHERE name=?", (topic,)).fetchone()
+        if row is None or row[0] is None:
+            return 0
+        cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(row[0])
+        with self._write() as db:
+            cur = db.execute("DELETE FROM records WHERE topic=? AND ts<?", (topic, cutoff))
+            return cur.rowcount
+
+
+class _EmbeddedTransaction(Transaction):
+    def __init__(self, backend: EmbeddedBackend, db: sqlite3.Connection) -> None:
+        self._backend = backend
+        self._db = db
+
+    def produce(self, topic: str, records: Sequence[NewRecord]) -> None:
+        if records:
+            self._backend._append(self._db, topic, records)
+
+    def store_offsets(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        if offsets:
+            self._backend._store_offsets(self._db, group, topic, offsets)

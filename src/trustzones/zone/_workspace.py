@@ -1,0 +1,234 @@
+"""The zone runtime: a loaded configuration with its zones opened, and the only doors to them.
+
+Example::
+
+    from trustzones.zone import Workspace
+
+    with Workspace.open("trustzones.yaml") as ws:
+        ws.produce("analytics.clickstream", [b'{"event_id": "e1", ...}'],
+                   principal="clickstream-service")
+        for record in ws.consumer("analytics.clickstream", principal="marketing-analyst"):
+            ...
+
+Every produce and every consumer poll asks the authorizer first (deny by default). Records
+are checked at ingress (size, JSON, schema, rate) and stored with lineage headers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from trustzones.config import CONFIG_FILENAME, Config
+from trustzones.config.model import EmbeddedBackend as EmbeddedSettings
+from trustzones.errors import AccessDenied, RecordRejected, StreamError
+from trustzones.streams import Backend, EmbeddedBackend, NewRecord, Record, RecordPosition
+from trustzones.streams.base import StartFrom
+from trustzones.zone._authz import Action, Authorizer, Decision, GrantAuthorizer, utcnow
+from trustzones.zone._ingress import TokenBucket, TopicValidator
+
+__all__ = ["ProduceResult", "Workspace", "ZoneConsumer", "find_config"]
+
+LINEAGE_PRODUCER = "tz.producer"
+LINEAGE_TIME = "tz.produced_at"
+LINEAGE_SCHEMA = "tz.schema"
+
+
+def find_config(explicit: str | Path | None = None) -> Path:
+    """``--config`` / ``TRUSTZONES_CONFIG`` if given, else ``./trustzones.yaml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TRUSTZONES_CONFIG")
+    if env:
+        return Path(env)
+    return Path.cwd() / CONFIG_FILENAME
+
+
+@dataclass
+class ProduceResult:
+    accepted: list[RecordPosition] = field(default_factory=list)
+    rejected: list[RecordRejected] = field(default_factory=list)
+
+
+class Workspace:
+    """One configuration and its open zones. Not thread-safe; one per thread or process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        authorizer: Authorizer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.authorizer: Authorizer = authorizer or GrantAuthorizer(config)
+        self.clock = clock
+        self._backends: dict[str, Backend] = {}
+        self._validators: dict[str, TopicValidator] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, **kwargs: object) -> Workspace:
+        return cls(Config.from_yaml(find_config(path)), **kwargs)  # type: ignore[arg-type]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()
+        self._backends.clear()
+
+    # -- zones ----------------------------------------------------------------------------
+    def backend(self, zone: str) -> Backend:
+        """The open storage of ``zone`` (for trusted internal use: no authorization here)."""
+        b = self._backends.get(zone)
+        if b is not None:
+            return b
+        spec = self.config.zones[zone]
+        if isinstance(spec.backend, EmbeddedSettings):
+            path = self.config.data_dir(zone) / f"{zone}.db"
+            b = EmbeddedBackend(zone, path)
+        else:
+            raise StreamError(
+                f"zone {zone!r} uses the kafka backend, which this build cannot open yet."
+            )
+        b.open()
+        self._backends[zone] = b
+        return b
+
+    def backend_for_topic(self, topic: str) -> Backend:
+        return self.backend(self.config.topics[topic].zone)
+
+    def ensure_topics(self) -> None:
+        """Create every declared topic in its zone (idempotent)."""
+        for t in self.config.topics.values():
+            retention = int(t.retention.total_seconds() * 1000) if t.retention else None
+            self.backend(t.zone).ensure_topic(
+                t.name, partitions=t.partitions, retention_ms=retention
+            )
+
+    # -- authorization --------------------------------------------------------------------
+    def authorize(self, principal: str, action: Action, topic: str) -> Decision:
+        """Ask the authorizer; raise :class:`AccessDenied` with its reason on deny."""
+        if topic not in self.config.topics:
+            raise AccessDenied(f"{principal!r} may not {action} {topic!r}: no such topic")
+        try:
+            d = self.authorizer.decide(principal, action, topic, now=self.clock())
+        except Exception as exc:  # a policy error denies (fail closed)
+            raise AccessDenied(
+                f"{principal!r} may not {action} {topic!r}: the policy failed to evaluate"
+            ) from exc
+        if not d.allowed:
+            raise AccessDenied(f"{principal!r} may not {action} {topic!r}: {d.reason}")
+        return d
+
+    def validator(self, topic: str) -> TopicValidator:
+        v = self._validators.get(topic)
+        if v is None:
+            zone = self.config.zone_of(topic)
+            v = TopicValidator(topic, self.config.schema(topic), zone.controls.max_record_bytes)
+            self._validators[topic] = v
+        return v
+
+    # -- produce --------------------------------------------------------------------------
+    def produce(
+        self,
+        topic: str,
+        values: Iterable[bytes],
+        *,
+        principal: str,
+        keys: Sequence[bytes | None] | None = None,
+    ) -> ProduceResult:
+        """Check every record, then append the valid ones atomically.
+
+        Invalid records are returned in ``rejected`` (never stored, never dropped silently);
+        an authorization failure or an exhausted rate limit raises before anything is written.
+        """
+        self.authorize(principal, "write", topic)
+        zone = self.config.zone_of(topic)
+        batch = list(values)
+        limit = zone.controls.rate_limit
+        if limit is not None:
+            bucket = self._buckets.get((principal, zone.name))
+            if bucket is None:
+                bucket = TokenBucket(limit.records_per_second, limit.burst)
+                self._buckets[(principal, zone.name)] = bucket
+            if not bucket.take(len(batch)):
+                raise RecordRejected(
+                    f"rate limit of zone {zone.name!r} exceeded "
+                    f"({limit.records_per_second:g} records/s); retry later"
+                )
+        v = self.validator(topic)
+        now = self.clock().isoformat(timespec="milliseconds").encode()
+        lineage = (
+            (LINEAGE_PRODUCER, principal.encode()),
+            (LINEAGE_TIME, now),
+            (LINEAGE_SCHEMA, v.schema_version.encode()),
+        )
+        result = ProduceResult()
+        good: list[NewRecord] = []
+        for i, value in enumerate(batch):
+            try:
+                v.check(value, i)
+            except RecordRejected as rej:
+                result.rejected.append(rej)
+                continue
+            key = keys[i] if keys is not None else None
+            good.append(NewRecord(value=value, key=key, headers=lineage))
+        if good:
+            result.accepted = self.backend(zone.name).produce(topic, good)
+        return result
+
+    # -- consume --------------------------------------------------------------------------
+    def consumer(
+        self,
+        topic: str,
+        *,
+        principal: str,
+        group: str | None = None,
+        start: StartFrom = "committed",
+    ) -> ZoneConsumer:
+        self.authorize(principal, "read", topic)
+        inner = self.backend_for_topic(topic).consumer(topic, group=group, start=start)
+        return ZoneConsumer(self, principal, topic, inner)
+
+
+class ZoneConsumer:
+    """A consumer that re-checks authorization on every poll: a revoked grant stops it at once."""
+
+    def __init__(self, ws: Workspace, principal: str, topic: str, inner: object) -> None:
+        from trustzones.streams.base import Consumer
+
+        assert isinstance(inner, Consumer)
+        self._ws = ws
+        self.principal = principal
+        self.topic = topic
+        self._inner = inner
+
+    def poll(self, max_records: int = 500) -> list[Record]:
+        self._ws.authorize(self.principal, "read", self.topic)
+        return self._inner.poll(max_records)
+
+    def commit(self) -> None:
+        self._inner.commit()
+
+    def lag(self) -> int:
+        return self._inner.lag()
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            batch = self.poll()
+            if not batch:
+                return
+            yield from batch

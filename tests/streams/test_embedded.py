@@ -1,0 +1,203 @@
+"""Embedded backend specifics: crash safety, concurrent processes, encryption hook."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from trustzones.errors import TransactionAborted, UnknownTopic
+from trustzones.streams import EmbeddedBackend, NewRecord
+
+PRODUCER = r"""
+import sys, orjson
+from pathlib import Path
+from trustzones.streams import EmbeddedBackend, NewRecord
+path, tag, batches, size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with EmbeddedBackend("z", path) as b:
+    b.ensure_topic("t", partitions=3)
+    for n in range(batches):
+        recs = [NewRecord(key=f"{tag}-{n}-{i}".encode(),
+                          value=orjson.dumps({"w": tag, "b": n, "i": i})) for i in range(size)]
+        b.produce("t", recs)
+        print(n, flush=True)   # acknowledged
+"""
+
+
+def _all(b: EmbeddedBackend, topic: str = "t") -> list[dict[str, object]]:
+    out = []
+    for p in range(b.partition_count(topic)):
+        off = 0
+        while True:
+            batch = b.fetch(topic, p, off, max_records=1000)
+            if not batch:
+                break
+            assert [r.offset for r in batch] == list(range(off, off + len(batch)))
+            out += [orjson.loads(r.value) for r in batch]
+            off = batch[-1].offset + 1
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_never_loses_acknowledged_or_half_writes(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    db = tmp_path / "z.db"
+    acked: dict[str, int] = {}
+    for run in range(6):
+        tag = f"r{run}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, str(db), tag, "100000", "50"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        last = -1
+        started = time.monotonic()
+        while last < 0 and time.monotonic() - started < 60:  # wait for the first ack
+            line = proc.stdout.readline()
+            if line:
+                last = int(line)
+            else:
+                time.sleep(0.005)
+        deadline = time.monotonic() + rng.uniform(0.02, 0.6)
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line:
+                last = int(line)
+            else:
+                time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        rest = proc.stdout.read() or ""
+        proc.stdout.close()
+        for line in rest.splitlines():
+            last = int(line)
+        acked[tag] = last
+        assert last >= 0, "the producer acknowledged nothing before it was killed"
+    with EmbeddedBackend("z", db) as b:
+        per_batch = Counter((r["w"], r["b"]) for r in _all(b))
+    for (_tag, _n), count in per_batch.items():
+        assert count == 50, "a batch was half written"
+    for tag, last in acked.items():
+        for n in range(last + 1):
+            assert per_batch[(tag, n)] == 50, f"acknowledged batch {tag}/{n} lost"
+
+
+def test_two_processes_produce_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "z.db"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, str(db), tag, "40", "25"], stdout=subprocess.DEVNULL
+        )
+        for tag in ("a", "b")
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    with EmbeddedBackend("z", db) as b:
+        rows = _all(b)
+        assert Counter(r["w"] for r in rows) == {"a": 1000, "b": 1000}
+        assert sum(b.end_offsets("t").values()) == 2000
+
+
+def test_consumer_group_offsets_resume(tmp_path: Path) -> None:
+    with EmbeddedBackend("z", tmp_path / "z.db") as b:
+        b.ensure_topic("t", partitions=2)
+        b.produce("t", [NewRecord(value=str(i).encode(), partition=i % 2) for i in range(10)])
+        c = b.consumer("t", group="g")
+        first = c.poll(4)
+        c.commit()
+        assert len(first) == 4
+        assert b.committed_offsets("g", "t") == c.positions
+        again = b.consumer("t", group="g")
+        rest = list(again.iter_until_end())
+        assert sorted(int(r.value) for r in first + rest) == list(range(10))
+        again.commit()
+        assert b.consumer("t", group="g").poll() == []
+        # Another group starts from the beginning; "latest" starts at the end.
+        assert len(list(b.consumer("t", group="other").iter_until_end())) == 10
+        assert b.consumer("t", start="latest").poll() == []
+
+
+def test_transaction_is_atomic(tmp_path: Path) -> None:
+    with EmbeddedBackend("z", tmp_path / "z.db") as b:
+        b.ensure_topic("t", partitions=1)
+        with pytest.raises(RuntimeError), b.transaction("tx") as tx:
+            tx.produce("t", [NewRecord(value=b"1")])
+            tx.store_offsets("flow", "src.topic", {0: 7})
+            raise RuntimeError("crash in the middle")
+        assert b.end_offsets("t") == {0: 0}
+        assert b.committed_offsets("flow", "src.topic") == {}
+        with b.transaction("tx") as tx:
+            tx.produce("t", [NewRecord(value=b"1"), NewRecord(value=b"2")])
+            tx.store_offsets("flow", "src.topic", {0: 7})
+        assert b.end_offsets("t") == {0: 2}
+        assert b.committed_offsets("flow", "src.topic") == {0: 7}
+
+
+def test_transaction_into_unknown_topic_writes_nothing(tmp_path: Path) -> None:
+    with EmbeddedBackend("z", tmp_path / "z.db") as b:
+        b.ensure_topic("t", partitions=1)
+        with (
+            pytest.raises(UnknownTopic, match="does not exist in zone 'z'"),
+            b.transaction("tx") as tx,
+        ):
+            tx.produce("t", [NewRecord(value=b"1")])
+            tx.produce("missing", [NewRecord(value=b"2")])
+        assert b.end_offsets("t") == {0: 0}
+
+
+class _XorCipher:
+    """A stand-in cipher that binds the AAD, to test the backend's use of the hook."""
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        return aad + b"|" + bytes(x ^ 0x5A for x in plaintext)
+
+    def open(self, ciphertext: bytes, *, aad: bytes) -> bytes:
+        head, _, body = ciphertext.partition(b"|")
+        if head != aad:
+            raise TransactionAborted("aad mismatch")
+        return bytes(x ^ 0x5A for x in body)
+
+
+def test_cipher_hook_seals_key_headers_and_value(tmp_path: Path) -> None:
+    db = tmp_path / "z.db"
+    with EmbeddedBackend("z", db, cipher=_XorCipher()) as b:
+        b.ensure_topic("t", partitions=1)
+        b.produce(
+            "t", [NewRecord(key=b"KEY-4111", value=b"VALUE-4111", headers=(("h", b"HDR-4111"),))]
+        )
+        (r,) = b.fetch("t", 0, 0)
+        assert (r.key, r.value, r.headers) == (b"KEY-4111", b"VALUE-4111", (("h", b"HDR-4111"),))
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"4111" not in raw
+
+
+def test_retention_removes_old_records_but_offsets_continue(tmp_path: Path) -> None:
+    with EmbeddedBackend("z", tmp_path / "z.db") as b:
+        b.ensure_topic("t", partitions=1, retention_ms=1000)
+        b.produce("t", [NewRecord(value=b"old", timestamp_ms=1_000)])
+        b.produce("t", [NewRecord(value=b"new")])  # produce purges expired records
+        assert [r.value for r in b.fetch("t", 0, 0)] == [b"new"]
+        assert b.end_offsets("t") == {0: 2}
+        assert b.start_offsets("t") == {0: 1}
+        assert b.enforce_retention("t", now_ms=int(time.time() * 1000) + 60_000) == 1
+        assert b.fetch("t", 0, 0) == []
+        assert b.produce("t", [NewRecord(value=b"x")])[0].offset == 2
+
+
+def test_ensure_topic_never_shrinks(tmp_path: Path) -> None:
+    with EmbeddedBackend("z", tmp_path / "z.db") as b:
+        b.ensure_topic("t", partitions=3)
+        b.ensure_topic("t", partitions=1)
+        assert b.partition_count("t") == 3
+        b.ensure_topic("t", partitions=5)
+        assert b.list_topics() == {"t": 5}
