@@ -313,17 +313,19 @@ class EmbeddedBackend(Backend):
             'WHERE topic=? AND partition=? AND "offset">=? ORDER BY "offset" LIMIT ?',
             (topic, partition, offset, max_records),
         ).fetchall()
-        out = []
         cipher = self._cipher
-        for off, key, value, headers, ts in rows:
-            if cipher is not None:
-                key, hbytes, value = _unpack_sealed(
-                    cipher.open(value, aad=self._aad(topic, partition, off))
-                )
-                hdrs = _unpack_headers(hbytes)
-            else:
-                hdrs = _unpack_headers(headers)
-            out.append(Record(topic, partition, int(off), key, bytes(value), hdrs, int(ts)))
+        if cipher is None:
+            return [
+                Record(topic, partition, off, key, value,
+                       _unpack_headers(headers) if headers else (), ts)
+                for off, key, value, headers, ts in rows
+            ]
+        out = []
+        for off, _key, sealed, _headers, ts in rows:
+            key, hbytes, value = _unpack_sealed(
+                cipher.open(sealed, aad=self._aad(topic, partition, off))
+            )
+            out.append(Record(topic, partition, off, key, value, _unpack_headers(hbytes), ts))
         return out
 
     def end_offsets(self, topic: str) -> dict[int, int]:

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, NamedTuple, Self
 
 __all__ = [
     "Backend",
@@ -58,9 +58,8 @@ class NewRecord:
     partition: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A stored record, as read back."""
+class Record(NamedTuple):
+    """A stored record, as read back (a named tuple: cheap to build on the read path)."""
 
     topic: str
     partition: int
