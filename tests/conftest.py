@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 from trustzones.cli import main
 
-pytest_plugins: list[str] = []
-try:  # the Kafka plugin lands with the Kafka backend
-    import kafka_fixtures  # noqa: F401
-
-    pytest_plugins.append("kafka_fixtures")
-except ModuleNotFoundError:
-    pass
+# The Kafka fixtures are a plugin module beside this file (found without importing it, so
+# pytest can rewrite its asserts).
+pytest_plugins = (
+    ["kafka_fixtures"] if importlib.util.find_spec("kafka_fixtures") is not None else []
+)
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ def init(directory: Path, example: str, force: bool) -> None:
     written = _copy_tree(src, directory)
     config = Config.from_yaml(cfg)
     with Workspace(config) as ws:
+        written += ws.keys.provision()
         ws.ensure_topics()
     from trustzones.cli import _hooks
 

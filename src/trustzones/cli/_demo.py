@@ -1,66 +1,28 @@
-"""``trustzones demo``: the e-commerce story of the seed, end to end, on the embedded backend."""
+"""``trustzones demo``: the seed's e-commerce story, end to end, on the embedded backend."""
 
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 from rich.console import Console
+from rich.table import Table
 
 from trustzones.cli._core import init
 from trustzones.config import Config
-from trustzones.errors import AccessDenied
+from trustzones.errors import AccessDenied, ApprovalRequired
 from trustzones.zone import Workspace
 
-PAYMENTS = [
-    {
-        "transaction_id": "tx-1001",
-        "timestamp": "2026-11-28T09:00:01Z",
-        "amount": 42.5,
-        "currency": "EUR",
-        "merchant": {"id": "m-7", "name": "Book Nook", "category": "books"},
-        "card": {"number": "4111 1111 1111 1111", "brand": "visa", "expiry": "12/28", "cvv": "123"},
-        "customer": {
-            "id": "c-1",
-            "name": "Ada Lovelace",
-            "email": "ada@example.com",
-            "age": 36,
-            "zip": "94107",
-            "country": "US",
-        },
-        "channel": "web",
-        "note": "gift wrap please",
-    },
-    {
-        "transaction_id": "tx-1002",
-        "timestamp": "2026-11-28T09:00:03Z",
-        "amount": 9.99,
-        "currency": "USD",
-        "card": {"number": "5555-5555-5555-4444", "brand": "mastercard"},
-        "customer": {
-            "id": "c-2",
-            "name": "Alan Turing",
-            "email": "alan@example.org",
-            "age": 41,
-            "zip": "10001",
-            "country": "US",
-        },
-        "channel": "mobile",
-    },
-]
-CLICKS = [
-    {
-        "event_id": f"ev-{i}",
-        "timestamp": f"2026-11-28T09:00:{i:02d}Z",
-        "session_id": "s-42",
-        "page": page,
-        "device": "mobile",
-        "country": "US",
-    }
-    for i, page in enumerate(["/", "/books", "/books/42", "/cart", "/checkout"])
-]
+FLOW = "payments-to-analytics"
+
+
+def _show(out: Console, title: str, doc: Any) -> None:
+    out.print(f"[bold]{title}[/]")
+    out.print_json(orjson.dumps(doc).decode())
 
 
 @click.command()
@@ -70,56 +32,145 @@ CLICKS = [
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to write the demo workspace [default: a new temporary directory].",
 )
-def demo(directory: Path | None) -> None:
+@click.option("--payments", default=500, show_default=True, help="Card payments to generate.")
+@click.option("--clicks", default=1000, show_default=True, help="Page views to generate.")
+@click.option("--seed", default=7, show_default=True, help="Random seed of the generated data.")
+def demo(directory: Path | None, payments: int, clicks: int, seed: int) -> None:
     """Run the e-commerce trust-zone story on the embedded backend (no server needed)."""
+    from trustzones import flows
+
     out = Console(highlight=False)
     d = directory or Path(tempfile.mkdtemp(prefix="trustzones-demo-"))
-    ctx = click.get_current_context()
-    ctx.invoke(init, directory=d, example="ecommerce", force=True)
+    click.get_current_context().invoke(init, directory=d, example="ecommerce", force=True)
     config = Config.from_yaml(d / "trustzones.yaml")
     with Workspace(config) as ws:
-        out.rule("1. producers write to their own zones")
+        out.rule("1. producers write realistic traffic into their own zones")
+        pay = flows.generate_events(
+            config, "payments.transactions", payments, seed=seed, leak_rate=0.03
+        )
+        pay[1]["note"] = f"customer asked us to keep card {pay[1]['card']['number']} on file"
         r = ws.produce(
             "payments.transactions",
-            [orjson.dumps(p) for p in PAYMENTS],
+            [orjson.dumps(p) for p in pay],
             principal="payments-service",
-            keys=[p["customer"]["id"].encode() for p in PAYMENTS],
-        )  # type: ignore[index]
-        out.print(
-            f"payments-service → payments.transactions (restricted): "
-            f"{len(r.accepted)} card payments stored"
-        )
-        r = ws.produce(
-            "analytics.clickstream",
-            [orjson.dumps(c) for c in CLICKS],
-            principal="clickstream-service",
+            keys=[flows.event_key(config, "payments.transactions", p) for p in pay],
         )
         out.print(
-            f"clickstream-service → analytics.clickstream (public): "
-            f"{len(r.accepted)} page views stored"
+            f"payments-service    → payments.transactions  (restricted): "
+            f"{len(r.accepted)} card payments"
         )
-        bad = dict(CLICKS[0], card="4111111111111111")
+        clk = flows.generate_events(config, "analytics.clickstream", clicks, seed=seed + 1)
         r = ws.produce(
-            "analytics.clickstream", [orjson.dumps(bad)], principal="clickstream-service"
+            "analytics.clickstream", [orjson.dumps(c) for c in clk], principal="clickstream-service"
+        )
+        out.print(
+            f"clickstream-service → analytics.clickstream (public):     "
+            f"{len(r.accepted)} page views"
+        )
+        stray = dict(clk[0], card=pay[0]["card"]["number"])
+        r = ws.produce(
+            "analytics.clickstream", [orjson.dumps(stray)], principal="clickstream-service"
         )
         for rej in r.rejected:
-            out.print(f"[yellow]refused at ingress[/]: {rej}")
+            out.print(f"[yellow]refused at the analytics zone's door[/]: {rej}")
 
-        out.rule("2. the marketing analyst reads the public zone")
-        views = list(
-            ws.consumer("analytics.clickstream", principal="marketing-analyst", start="earliest")
+        out.rule("2. the flow down to analytics must be approved first")
+        runner = flows.open_flow(ws, FLOW)
+        try:
+            flows.require_approved(ws, runner)
+        except ApprovalRequired as exc:
+            out.print(f"[yellow]not yet[/]: {exc}")
+        store = flows.open_approvals(ws)
+        (req,) = [q for q in store.list() if q.subject == FLOW]
+        try:
+            store.approve(req.id, approver="marketing-analyst")
+        except AccessDenied as exc:
+            out.print(f"[red]refused[/]: {exc}")
+        store.approve(req.id, approver="security-officer")
+        store.close()
+        out.print(
+            f"security-officer approved request {req.id}: definition {config.flow_hash(FLOW)[:12]}"
         )
-        out.print(f"marketing-analyst read {len(views)} page views from analytics.clickstream")
+        flows.require_approved(ws, runner)
 
-        out.rule("3. ... and is refused the payments zone")
+        out.rule("3. the flow sanitises payments on their way down")
+        stats = runner.run(once=True)
+        src = ws.backend("payments").fetch("payments.transactions", 0, 0, max_records=1)[0]
+        dst_zone = ws.backend("analytics")
+        sample = None
+        for p in range(dst_zone.partition_count("analytics.transactions")):
+            for rec in dst_zone.fetch("analytics.transactions", p, 0, max_records=500):
+                if (
+                    rec.header("tz.source.offset") == str(src.offset).encode()
+                    and rec.header("tz.source.partition") == str(src.partition).encode()
+                ):
+                    sample = rec
+        _show(out, "in the payments zone (restricted):", orjson.loads(src.value))
+        if sample is not None:
+            _show(
+                out, "in the analytics zone, after the flow (public):", orjson.loads(sample.value)
+            )
+            out.print(
+                "lineage: "
+                + ", ".join(f"{k}={v.decode()}" for k, v in sample.headers if k.startswith("tz."))
+            )
+
+        out.rule("4. what DLP held back, in the payments zone's quarantine")
+        q = flows.open_quarantine(ws, FLOW)
+        held = q.list(principal="security-officer")
+        reasons = Counter(h.reason for h in held)
+        for h in held[:5]:
+            kinds = ", ".join(f"{f['type']} at {f['path']}" for f in h.findings)
+            out.print(f"  source {h.source_partition}:{h.source_offset} — {h.reason} ({kinds})")
+        if len(held) > 5:
+            out.print(f"  ... and {len(held) - 5} more")
+
+        out.rule("5. the marketing analyst reads the sanitised data ...")
+        n = sum(
+            len(b)
+            for b in iter(
+                ws.consumer(
+                    "analytics.transactions", principal="marketing-analyst", start="earliest"
+                ).poll,
+                [],
+            )
+        )
+        out.print(f"marketing-analyst read {n} sanitised payments from analytics.transactions")
+        out.print("... and is refused the payments zone:")
         try:
             ws.consumer("payments.transactions", principal="marketing-analyst")
         except AccessDenied as exc:
             out.print(f"[red]denied[/]: {exc}")
-        else:  # pragma: no cover - would be a security bug
+        else:  # pragma: no cover - a security bug
             raise click.ClickException("the analyst was allowed into the payments zone")
+        audit_line = _audit(ws)
+
     out.rule("summary")
-    out.print(f"workspace: {d}")
+    t = Table(show_header=True)
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    t.add_column("where / why")
+    t.add_row("card payments produced", str(payments), "payments zone (restricted, encrypted)")
+    t.add_row(
+        "moved down, sanitised",
+        str(stats.delivered),
+        "analytics.transactions: card tokenised, CVV/expiry/name suppressed, e-mail "
+        "hashed, age/ZIP/birth date generalised",
+    )
+    for reason, count in reasons.items():
+        t.add_row("held back", str(count), reason)
+    t.add_row("page views", str(clicks), "analytics.clickstream")
+    out.print(t)
+    if audit_line:
+        out.print(audit_line)
+    out.print(f"workspace: {d}  (try `cd {d} && trustzones zones`)")
+
+
+def _audit(ws: Workspace) -> str:
+    verify = getattr(ws, "verify_audit", None)
+    if verify is None:
+        return ""
+    return str(verify())
 
 
 COMMANDS = [demo]

@@ -254,18 +254,18 @@ def _check_transforms(transforms: Mapping[str, Mapping[str, Any]], i: int, col: 
 
 def _transformed(path: str, transforms: Mapping[str, Any]) -> bool:
     return any(
-        path == t or path.startswith(t + ".") or path.startswith(t + "[]") for t in transforms
+        path == t or path.startswith(t + ".") or path.startswith(t + "[") for t in transforms
     )
 
 
 def _closed(schema: Mapping[str, Any], path: str) -> bool:
     """True when the destination schema refuses ``path`` as an extra property."""
     node: Mapping[str, Any] | None = schema
-    parts = path.replace("[]", ".[]").split(".")
+    parts = path.replace("[*]", ".[*]").split(".")
     for part in parts:
         if node is None:
             return False
-        if part == "[]":
+        if part == "[*]":
             items = node.get("items")
             node = items if isinstance(items, Mapping) else None
             continue

@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
+from trustzones.dlp.transforms import parse_transform
+
 
 def transform_problem(spec: Mapping[str, Any]) -> str | None:
     """``None`` when ``spec`` is a valid transform, else what is wrong with it."""
@@ -17,4 +21,12 @@ def transform_problem(spec: Mapping[str, Any]) -> str | None:
     kind = spec.get("type") if isinstance(spec, Mapping) else None
     if kind not in TRANSFORM_TYPES:
         return f"unknown transform type {kind!r}."
+    try:
+        parse_transform(spec)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(str(x) for x in e["loc"][1:]) or "(spec)"
+            parts.append(f"{loc}: {e['msg']}")
+        return f"invalid {kind} transform: " + "; ".join(parts) + "."
     return None

@@ -2,7 +2,7 @@
 
 A topic schema is a JSON Schema (draft 2020-12). Any property may carry
 ``x-classification: <level>`` and semantic tags such as ``x-pii: card_number``. Field paths
-use dots for objects and ``[]`` for array items: ``customer.cards[].number``.
+use dots for objects and ``[*]`` for array items: ``customer.cards[*].number``.
 
 A field without a tag takes the tag of its nearest tagged ancestor, and a top-level field
 without one takes the classification of the topic's zone: untagged data is treated as being
@@ -64,7 +64,7 @@ def _walk(
             yield from _field(sub, path, inherited, explicit_parent)
     items = node.get("items")
     if isinstance(items, Mapping) and (items.get("properties") or items.get("items")):
-        yield from _walk(items, f"{prefix}[]", inherited, explicit_parent=explicit_parent)
+        yield from _walk(items, f"{prefix}[*]", inherited, explicit_parent=explicit_parent)
 
 
 def _field(
@@ -90,7 +90,9 @@ def _field(
         if isinstance(sub.get("properties"), Mapping):
             yield from _walk(sub, path, level, explicit_parent=explicit or explicit_parent)
         elif items is not None:
-            yield from _walk(items, f"{path}[]", level, explicit_parent=explicit or explicit_parent)
+            yield from _walk(
+                items, f"{path}[*]", level, explicit_parent=explicit or explicit_parent
+            )
 
 
 def field_map(schema: Mapping[str, Any] | None, *, default: str) -> dict[str, SchemaField]:

@@ -316,8 +316,15 @@ class EmbeddedBackend(Backend):
         cipher = self._cipher
         if cipher is None:
             return [
-                Record(topic, partition, off, key, value,
-                       _unpack_headers(headers) if headers else (), ts)
+                Record(
+                    topic,
+                    partition,
+                    off,
+                    key,
+                    value,
+                    _unpack_headers(headers) if headers else (),
+                    ts,
+                )
                 for off, key, value, headers, ts in rows
             ]
         out = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from trustzones.config import CONFIG_FILENAME, Config
 from trustzones.config.model import EmbeddedBackend as EmbeddedSettings
@@ -31,6 +31,7 @@ from trustzones.streams import Backend, EmbeddedBackend, NewRecord, Record, Reco
 from trustzones.streams.base import StartFrom
 from trustzones.zone._authz import Action, Authorizer, Decision, GrantAuthorizer, utcnow
 from trustzones.zone._ingress import TokenBucket, TopicValidator
+from trustzones.zone._keys import WorkspaceKeys
 
 __all__ = ["ProduceResult", "Workspace", "ZoneConsumer", "find_config"]
 
@@ -68,7 +69,9 @@ class Workspace:
         self.config = config
         self.authorizer: Authorizer = authorizer or GrantAuthorizer(config)
         self.clock = clock
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._keys: WorkspaceKeys | None = None
+        self.event_sinks: list[Callable[[str, dict[str, Any]], None]] = []
         self._validators: dict[str, TopicValidator] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
@@ -88,23 +91,49 @@ class Workspace:
         for b in self._backends.values():
             b.close()
         self._backends.clear()
+        if self._keys is not None:
+            self._keys.close()
+            self._keys = None
+
+    def emit(self, action: str, data: dict[str, Any]) -> None:
+        """Hand an event (references and hashes only, never values) to the audit sinks."""
+        for sink in self.event_sinks:
+            sink(action, data)
+
+    @property
+    def keys(self) -> WorkspaceKeys:
+        """The zone keys of this workspace (created by ``trustzones init``)."""
+        if self._keys is None:
+            self._keys = WorkspaceKeys(self.config)
+        return self._keys
 
     # -- zones ----------------------------------------------------------------------------
-    def backend(self, zone: str) -> Backend:
-        """The open storage of ``zone`` (for trusted internal use: no authorization here)."""
-        b = self._backends.get(zone)
+    def backend(self, zone: str, *, acting_for: str | None = None) -> Backend:
+        """The open storage of ``zone`` (trusted internal use: no authorization here).
+
+        Records are sealed with the zone's keys when the zone asks for encryption at rest.
+        ``acting_for`` names the zone this process works for, when it is another one: a flow
+        running in its source zone writes into its destination with a wrap-only cipher, so it
+        can seal new records there but cannot open the ones already stored.
+        """
+        acting = acting_for or zone
+        b = self._backends.get((zone, acting))
         if b is not None:
             return b
         spec = self.config.zones[zone]
+        cipher = None
+        if spec.controls.encryption_at_rest:
+            ring = self.keys.ring(acting)
+            cipher = ring.cipher(zone) if acting == zone else ring.wrap_only(zone)
         if isinstance(spec.backend, EmbeddedSettings):
             path = self.config.data_dir(zone) / f"{zone}.db"
-            b = EmbeddedBackend(zone, path)
+            b = EmbeddedBackend(zone, path, cipher=cipher)
         else:
             raise StreamError(
                 f"zone {zone!r} uses the kafka backend, which this build cannot open yet."
             )
         b.open()
-        self._backends[zone] = b
+        self._backends[(zone, acting)] = b
         return b
 
     def backend_for_topic(self, topic: str) -> Backend:

@@ -1,0 +1,501 @@
+"""Find sensitive data in text and in decoded JSON records.
+
+>>> from trustzones.dlp import scan_record
+>>> record = {"customer": {"cards": [{"number": "4111 1111 1111 1111"}]}}
+>>> [(f.type, f.path, f.start, f.end) for f in scan_record(record)]
+[('CREDIT_CARD', 'customer.cards[0].number', 0, 19)]
+
+Every string of a record is scanned, every number as its decimal text (``str`` of an
+``int``, ``repr`` of a ``float``) and every object key. Offsets are code-point offsets into
+the original string (end exclusive). A :class:`Finding` never holds the matched value, so
+it is safe to log; its path hides a key that holds a finding (see :mod:`._paths`).
+
+Engines: ``"hyperscan"`` runs one compiled Hyperscan database over all the fields of a
+batch to learn which rules fire in which field, then extracts candidates with Python's
+``re`` only there; ``"python"`` runs every rule with ``re`` over the fields joined by NUL.
+Both produce the same candidates, so the same findings. ``"auto"`` picks Hyperscan when it
+loads. A :class:`Scanner` is safe to share between threads (Hyperscan scratch space is per
+thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from trustzones.dlp._normalize import normalize, to_original
+from trustzones.dlp._paths import Segment, render_path
+from trustzones.dlp._rules import ENTITY_TYPES, KEYWORDS, NOT_IP, RULES, field_context
+
+__all__ = [
+    "ENTITY_TYPES",
+    "EngineName",
+    "Finding",
+    "Scanner",
+    "default_scanner",
+    "hyperscan_available",
+    "scan_record",
+    "scan_text",
+]
+
+log = logging.getLogger(__name__)
+
+EngineName = Literal["auto", "hyperscan", "python"]
+_EMPTY: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected value: its type, where it is, and how sure the detector is.
+
+    ``start``/``end`` are offsets into the field's original string (or a number's decimal
+    text, or the key when ``in_key``); ``end`` is exclusive. The value itself is never
+    stored here.
+    """
+
+    type: str
+    path: str
+    start: int
+    end: int
+    confidence: float
+    in_key: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "path": self.path,
+            "type": self.type,
+            "start": self.start,
+            "end": self.end,
+            "confidence": self.confidence,
+        }
+        if self.in_key:
+            d["in_key"] = True
+        return d
+
+
+#: (confidence, start, end, rule index, type) of one candidate, offsets in normalised text.
+_Cand = tuple[float, int, int, int, str]
+#: A keyword pattern is given the id ``_KEYWORD_BASE + index``.
+_KEYWORD_BASE = 1 << 16
+
+
+def hyperscan_available() -> bool:
+    """True when the ``hyperscan`` module imports and can compile a database here."""
+    try:
+        import hyperscan
+
+        db = hyperscan.Database()
+        db.compile(expressions=[b"a"], ids=[0], elements=1, flags=[0])
+    except Exception:  # any failure to load means: use the fallback
+        return False
+    return True
+
+
+def _starts(norms: list[str]) -> list[int]:
+    starts = []
+    pos = 0
+    for n in norms:
+        starts.append(pos)
+        pos += len(n) + 1
+    return starts
+
+
+class _PythonEngine:
+    """Runs every pattern with ``re`` over the fields joined by NUL (no pattern matches NUL)."""
+
+    name = "python"
+
+    def __init__(self, patterns: Sequence[tuple[int, str, bool]]) -> None:
+        self._rx = [
+            (pid, re.compile(rx, re.ASCII | (re.IGNORECASE if caseless else 0)))
+            for pid, rx, caseless in patterns
+        ]
+
+    def matches(self, norms: list[str]) -> Iterable[tuple[int, int, int, int]]:
+        if len(norms) == 1:
+            text = norms[0]
+            for pid, rx in self._rx:
+                for m in rx.finditer(text):
+                    yield pid, 0, m.start(), m.end()
+            return
+        starts = _starts(norms)
+        big = "\x00".join(norms)
+        for pid, rx in self._rx:
+            for m in rx.finditer(big):
+                s = m.start()
+                fi = bisect_right(starts, s) - 1
+                base = starts[fi]
+                yield pid, fi, s - base, m.end() - base
+
+
+class _HyperscanEngine:
+    """One Hyperscan pass says which pattern fired in which field; ``re`` then extracts the
+    matches of that pattern from that field only. Keyword patterns yield ``(pid, fi, -1, -1)``.
+    """
+
+    name = "hyperscan"
+
+    def __init__(
+        self, patterns: Sequence[tuple[int, str, bool]], prefilters: dict[int, str]
+    ) -> None:
+        import hyperscan
+
+        self._hs = hyperscan
+        self._rx = {
+            pid: re.compile(rx, re.ASCII | (re.IGNORECASE if caseless else 0))
+            for pid, rx, caseless in patterns
+        }
+        db = hyperscan.Database()
+        db.compile(
+            expressions=[prefilters.get(pid, rx).encode() for pid, rx, _ in patterns],
+            ids=[pid for pid, _, _ in patterns],
+            elements=len(patterns),
+            flags=[hyperscan.HS_FLAG_CASELESS if c else 0 for _, _, c in patterns],
+        )
+        self._db = db
+        self._local = threading.local()
+
+    def _scratch(self) -> Any:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._hs.Scratch(self._db)
+            self._local.scratch = scratch
+        return scratch
+
+    def matches(self, norms: list[str]) -> Iterable[tuple[int, int, int, int]]:
+        fired: set[tuple[int, int]] = set()
+        add = fired.add
+        if len(norms) == 1:
+
+            def on_match(pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+                add((pid, 0))
+
+            data = norms[0].encode("ascii")
+        else:
+            starts = _starts(norms)
+
+            def on_match(pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+                add((pid, bisect_right(starts, _to - 1) - 1))
+
+            data = "\x00".join(norms).encode("ascii")
+        if not data:
+            return
+        self._db.scan(data, match_event_handler=on_match, scratch=self._scratch())
+        rxs = self._rx
+        for pid, fi in fired:
+            if pid >= _KEYWORD_BASE:
+                yield pid, fi, -1, -1
+                continue
+            for m in rxs[pid].finditer(norms[fi]):
+                yield pid, fi, m.start(), m.end()
+
+
+class Scanner:
+    """A compiled set of detectors.
+
+    ``types`` limits detection to some entity types (default: all of
+    :data:`ENTITY_TYPES`); ``min_confidence`` drops weaker findings; ``scan_keys`` also
+    scans object keys; ``engine`` picks the matching engine (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        *,
+        types: Iterable[str] | None = None,
+        min_confidence: float = 0.5,
+        scan_keys: bool = True,
+        engine: EngineName = "auto",
+    ) -> None:
+        wanted = set(ENTITY_TYPES if types is None else types)
+        unknown = wanted - set(ENTITY_TYPES)
+        if unknown:
+            raise ValueError(
+                f"unknown entity type(s) {sorted(unknown)}; known: {', '.join(ENTITY_TYPES)}"
+            )
+        self.types = frozenset(wanted)
+        self.min_confidence = min_confidence
+        self.scan_keys = scan_keys
+        self._rules = tuple(r for r in RULES if r.type in wanted)
+        # Context-only rules run with ``re`` on the few fields that have context; the
+        # engine runs the others, plus one keyword pattern per type that needs one.
+        self._context_rules = tuple(
+            (ri, r, re.compile(r.regex, re.ASCII))
+            for ri, r in enumerate(self._rules)
+            if r.context_only
+        )
+        patterns: list[tuple[int, str, bool]] = [
+            (ri, r.regex, False) for ri, r in enumerate(self._rules) if not r.context_only
+        ]
+        prefilters = {ri: r.prefilter for ri, r in enumerate(self._rules) if r.prefilter}
+        self._keyword_types: list[str] = sorted(
+            {r.type for r in self._rules if r.context_only and r.keywords}
+        )
+        for i, t in enumerate(self._keyword_types):
+            patterns.append((_KEYWORD_BASE + i, KEYWORDS[t], True))
+        if engine == "auto":
+            engine = "hyperscan" if hyperscan_available() else "python"
+            if engine == "python":
+                log.warning("hyperscan is not available; DLP scanning uses the Python engine")
+        self._engine: _PythonEngine | _HyperscanEngine = (
+            _HyperscanEngine(patterns, prefilters)
+            if engine == "hyperscan"
+            else _PythonEngine(patterns)
+        )
+        # Keys repeat from record to record; their findings are cached (bounded).
+        self._key_cache: dict[tuple[str, frozenset[str]], tuple[_Cand, ...]] = {}
+        self._plain_key_cache: dict[str, tuple[_Cand, ...]] = {}
+
+    @property
+    def engine(self) -> str:
+        """The engine in use: ``"hyperscan"`` or ``"python"``."""
+        return self._engine.name
+
+    # -- public API ----------------------------------------------------------------
+
+    def scan_text(self, text: str, *, field: str | None = None) -> list[Finding]:
+        """Scan one string. ``field`` is the name of the field it came from (context)."""
+        ctx = field_context(field) if field else _EMPTY
+        found = self._detect([text], [ctx], {t: [0] for t in ctx} if ctx else {})
+        return [Finding(c[4], "", c[1], c[2], round(c[0], 2)) for c in found.get(0, ())]
+
+    def scan_record(self, obj: object) -> list[Finding]:
+        """Scan a decoded JSON value (dict, list, str, number, bool or None)."""
+        return self.scan_records([obj])[0]
+
+    def scan_records(self, objs: Sequence[object]) -> list[list[Finding]]:
+        """Scan several records in one pass; returns the findings of each, in order."""
+        w = _Walk(self)
+        for i, obj in enumerate(objs):
+            w.record = i
+            w.walk(obj, (), _EMPTY)
+        found = self._detect(w.texts, w.ctxs, w.ctx_fields) if w.texts else {}
+        results: list[list[Finding]] = [[] for _ in objs]
+        if not found and not w.key_hits:
+            return results
+        hidden = frozenset(segs for _, _, segs, _ in w.key_hits)
+        # (walk position, 0 for a key / 1 for a value, record, segments, candidates): sorted,
+        # this is the order of the walk, a key before the values under it.
+        items: list[tuple[int, int, int, tuple[Segment, ...], Sequence[_Cand]]] = [
+            (fi, 1, w.records[fi], w.segs[fi], cands) for fi, cands in found.items()
+        ]
+        if w.key_hits:
+            items += [(pos, 0, rec, segs, cands) for pos, rec, segs, cands in w.key_hits]
+            items.sort(key=lambda it: (it[0], it[1]))
+        for _pos, is_value, rec, segs, cands in items:
+            path = render_path(segs, hidden)
+            out = results[rec]
+            in_key = not is_value
+            for conf, s, e, _ri, type_ in cands:
+                out.append(Finding(type_, path, s, e, round(conf, 2), in_key))
+        return results
+
+    # -- internals -----------------------------------------------------------------
+
+    def _key_findings(self, key: str, ctx: frozenset[str]) -> tuple[_Cand, ...]:
+        if not ctx:
+            hit = self._plain_key_cache.get(key)
+            if hit is None:
+                hit = self._detect_key(key, ctx)
+                if len(self._plain_key_cache) < 65_536:
+                    self._plain_key_cache[key] = hit
+            return hit
+        cache_key = (key, ctx)
+        hit = self._key_cache.get(cache_key)
+        if hit is None:
+            hit = self._detect_key(key, ctx)
+            if len(self._key_cache) < 65_536:
+                self._key_cache[cache_key] = hit
+        return hit
+
+    def _detect_key(self, key: str, ctx: frozenset[str]) -> tuple[_Cand, ...]:
+        found = self._detect([key], [ctx], {t: [0] for t in ctx} if ctx else {})
+        return tuple(found.get(0, ()))
+
+    def _detect(
+        self, texts: list[str], ctxs: list[frozenset[str]], ctx_fields: dict[str, list[int]]
+    ) -> dict[int, list[_Cand]]:
+        """Candidates kept per field index, with offsets into the original strings."""
+        norms: list[str] = []
+        maps: list[list[int] | None] = []
+        for t in texts:
+            norm, imap = normalize(t)
+            norms.append(norm)
+            maps.append(imap)
+        rules = self._rules
+        minconf = self.min_confidence
+        cands: dict[int, list[_Cand]] = {}
+        keyword_fields: dict[str, set[int]] = {}
+        for pid, fi, s, e in self._engine.matches(norms):
+            if pid >= _KEYWORD_BASE:
+                keyword_fields.setdefault(self._keyword_types[pid - _KEYWORD_BASE], set()).add(fi)
+                continue
+            rule = rules[pid]
+            ctx = ctxs[fi]
+            if ctx and rule.type == "IP_ADDRESS" and NOT_IP in ctx:
+                continue
+            for cs, ce, conf in rule.validate(norms[fi], s, e, rule.type in ctx):
+                if conf >= minconf:
+                    cands.setdefault(fi, []).append((conf, cs, ce, pid, rule.type))
+        for ri, rule, rx in self._context_rules:
+            targets = set(ctx_fields.get(rule.type, ()))
+            if rule.keywords:
+                targets |= keyword_fields.get(rule.type, set())
+            for fi in sorted(targets):
+                ctx = ctxs[fi]
+                if rule.type == "IP_ADDRESS" and NOT_IP in ctx:
+                    continue
+                text = norms[fi]
+                for m in rx.finditer(text):
+                    for cs, ce, conf in rule.validate(text, m.start(), m.end(), rule.type in ctx):
+                        if conf >= minconf:
+                            cands.setdefault(fi, []).append((conf, cs, ce, ri, rule.type))
+        out: dict[int, list[_Cand]] = {}
+        for fi in sorted(cands):
+            chosen = _resolve(cands[fi])
+            imap = maps[fi]
+            if imap is not None:
+                chosen = [(c, *to_original(imap, s, e), ri, t) for c, s, e, ri, t in chosen]
+            out[fi] = chosen
+        return out
+
+
+class _Walk:
+    """Collects the scannable texts of records with their paths and field context."""
+
+    __slots__ = (
+        "ctx_fields",
+        "ctxs",
+        "key_hits",
+        "record",
+        "records",
+        "scanner",
+        "segs",
+        "texts",
+    )
+
+    def __init__(self, scanner: Scanner) -> None:
+        self.scanner = scanner
+        self.record = 0
+        self.texts: list[str] = []
+        self.segs: list[tuple[Segment, ...]] = []
+        self.ctxs: list[frozenset[str]] = []
+        self.records: list[int] = []
+        self.ctx_fields: dict[str, list[int]] = {}
+        #: (walk position, record, segments, candidates) of keys that hold findings.
+        self.key_hits: list[tuple[int, int, tuple[Segment, ...], tuple[_Cand, ...]]] = []
+
+    def walk(self, obj: object, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
+        texts_append = self.texts.append
+        segs_append = self.segs.append
+        ctxs_append = self.ctxs.append
+        records_append = self.records.append
+        ctx_fields = self.ctx_fields
+        texts = self.texts
+        record = self.record
+        scan_keys = self.scanner.scan_keys
+        key_findings = self.scanner._key_findings
+        key_hits = self.key_hits
+
+        def add(text: str, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
+            if ctx:
+                for t in ctx:
+                    ctx_fields.setdefault(t, []).append(len(texts))
+            texts_append(text)
+            segs_append(segments)
+            ctxs_append(ctx)
+            records_append(record)
+
+        def walk(obj: object, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
+            t = type(obj)
+            if t is str:
+                add(obj, segments, ctx)  # type: ignore[arg-type]
+            elif t is dict:
+                inherited = ctx - {NOT_IP} if NOT_IP in ctx else ctx
+                for pos, (key, value) in enumerate(obj.items()):  # type: ignore[attr-defined]
+                    if type(key) is not str:
+                        key = str(key)
+                    seg = (*segments, (key, pos))
+                    if scan_keys:
+                        hits = key_findings(key, inherited)
+                        if hits:
+                            key_hits.append((len(texts), record, seg, hits))
+                    vt = type(value)
+                    if vt is bool or value is None:
+                        continue
+                    kctx = field_context(key)
+                    if inherited:
+                        kctx = inherited | kctx
+                    if vt is str:
+                        add(value, seg, kctx)
+                    else:
+                        walk(value, seg, kctx)
+            elif t is list or t is tuple:
+                for i, value in enumerate(cast("list[object]", obj)):
+                    walk(value, (*segments, i), ctx)
+            elif t is int:
+                add(str(obj), segments, ctx)
+            elif t is float:
+                add(repr(obj), segments, ctx)
+            elif obj is None or isinstance(obj, bool):
+                return
+            elif isinstance(obj, str):
+                walk(str(obj), segments, ctx)
+            elif isinstance(obj, int):
+                walk(int(obj), segments, ctx)
+            elif isinstance(obj, float):
+                walk(float(obj), segments, ctx)
+            elif isinstance(obj, dict):
+                walk(dict(obj), segments, ctx)
+            elif isinstance(obj, list | tuple):
+                walk(list(obj), segments, ctx)
+            else:
+                where = render_path(segments, frozenset()) or "the top level"
+                raise TypeError(
+                    f"cannot scan a {t.__name__} at {where}: records must be decoded JSON "
+                    "(dict, list, str, int, float, bool, None)"
+                )
+
+        walk(obj, segments, ctx)
+
+
+def _resolve(cands: list[_Cand]) -> list[_Cand]:
+    """Keep the best of overlapping candidates: higher confidence, then longer, then
+    earlier, then the rule listed first. Returns them in text order."""
+    if len(cands) == 1:
+        return cands
+    ordered = sorted(cands, key=lambda c: (-c[0], c[1] - c[2], c[1], c[3]))
+    kept: list[_Cand] = []
+    for c in ordered:
+        if all(c[2] <= k[1] or c[1] >= k[2] for k in kept):
+            kept.append(c)
+    kept.sort(key=lambda c: (c[1], c[2]))
+    return kept
+
+
+_default: Scanner | None = None
+_default_lock = threading.Lock()
+
+
+def default_scanner() -> Scanner:
+    """The shared scanner with every detector, built on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Scanner()
+    return _default
+
+
+def scan_text(text: str, *, field: str | None = None) -> list[Finding]:
+    """Scan one string with the default scanner."""
+    return default_scanner().scan_text(text, field=field)
+
+
+def scan_record(obj: object) -> list[Finding]:
+    """Scan a decoded JSON value with the default scanner."""
+    return default_scanner().scan_record(obj)

@@ -1,0 +1,81 @@
+"""Field paths of flow transforms: ``customer.email``, ``items[*].sku``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+DROP = object()
+"""Returned by a field function to remove the field."""
+
+
+def split(path: str) -> list[str]:
+    return path.replace("[*]", ".[*]").split(".")
+
+
+def apply_at(doc: Any, path: str, fn: Callable[[Any, str], Any]) -> None:
+    """Call ``fn(value, concrete_path)`` on every value at ``path`` and store the result."""
+    _apply(doc, split(path), fn, "")
+
+
+def _apply(node: Any, parts: list[str], fn: Callable[[Any, str], Any], where: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if head == "[*]":
+        if not isinstance(node, list):
+            return
+        for i in range(len(node)):
+            here = f"{where}[{i}]"
+            if rest:
+                _apply(node[i], rest, fn, here)
+            else:
+                node[i] = fn(node[i], here)
+        if not rest:
+            node[:] = [v for v in node if v is not DROP]
+        return
+    if not isinstance(node, dict) or head not in node:
+        return
+    here = f"{where}.{head}" if where else head
+    if rest:
+        _apply(node[head], rest, fn, here)
+        return
+    out = fn(node[head], here)
+    if out is DROP:
+        del node[head]
+    else:
+        node[head] = out
+
+
+def leaves(doc: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(schema path with ``[*]``, concrete path) of every leaf value."""
+    yield from _leaves(doc, prefix, prefix)
+
+
+def _leaves(node: Any, spath: str, cpath: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        if not node and spath:
+            yield spath, cpath
+        for k, v in node.items():
+            yield from _leaves(
+                v, f"{spath}.{k}" if spath else str(k), f"{cpath}.{k}" if cpath else str(k)
+            )
+    elif isinstance(node, list):
+        if not node and spath:
+            yield spath, cpath
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{spath}[*]", f"{cpath}[{i}]")
+    else:
+        yield spath, cpath
+
+
+def keep_only(doc: Any, allowed: set[str], prefix: str = "") -> Any:
+    """A copy of ``doc`` without the fields whose schema path is not in ``allowed``."""
+    if isinstance(doc, dict):
+        out = {}
+        for k, v in doc.items():
+            p = f"{prefix}.{k}" if prefix else str(k)
+            if p in allowed:
+                out[k] = keep_only(v, allowed, p)
+        return out
+    if isinstance(doc, list):
+        return [keep_only(v, allowed, f"{prefix}[*]") for v in doc]
+    return doc
