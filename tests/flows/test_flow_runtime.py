@@ -18,6 +18,7 @@ from trustzones.flows import (
     require_approved,
 )
 from trustzones.zone import Workspace
+from workspace_helpers import grant_jit
 
 FLOW = "payments-to-analytics"
 
@@ -113,6 +114,7 @@ def test_card_hidden_in_free_text_is_quarantined_in_source_zone(ws: Workspace) -
         orjson.loads(r.value)["transaction_id"] for r in all_records(ws, "analytics.transactions")
     ]
     assert out == ["tx-1"]
+    grant_jit(ws, "security-officer")
     q = open_quarantine(ws, FLOW)
     (held,) = q.list(principal="security-officer")
     assert held.reason == "DLP found CREDIT_CARD in the output"
@@ -140,6 +142,7 @@ def test_a_transform_that_fails_to_sanitise_is_caught_at_run_time(workspace_dir:
         stats = open_flow(w, FLOW).run(once=True)
         assert (stats.delivered, stats.quarantined) == (0, 1)
         assert all_records(w, "analytics.transactions") == []
+        grant_jit(w, "security-officer")
         (held,) = open_quarantine(w, FLOW).list(principal="security-officer")
         assert held.findings == [{"type": "CREDIT_CARD", "path": "card.number"}]
 
@@ -179,6 +182,7 @@ def test_block_action_stops_the_flow_and_holds_the_record(workspace_dir: Path) -
         produce(w, [payment(1, note="card 4111111111111111")])
         with pytest.raises(FlowBlocked, match="blocked: DLP found sensitive data"):
             open_flow(w, FLOW).run(once=True)
+        grant_jit(w, "security-officer")
         assert len(open_quarantine(w, FLOW).list(principal="security-officer")) == 1
         assert all_records(w, "analytics.transactions") == []
 
@@ -187,6 +191,7 @@ def test_quarantine_show_needs_source_rights_and_release_needs_approval(ws: Work
     approve(ws)
     produce(ws, [payment(1, note="call me, card 4111111111111111")])
     open_flow(ws, FLOW).run(once=True)
+    grant_jit(ws, "security-officer")
     q = open_quarantine(ws, FLOW)
     with pytest.raises(AccessDenied, match="zone 'payments'"):
         q.show(0, principal="marketing-analyst")
@@ -219,6 +224,7 @@ def test_release_after_approval_delivers_exactly_once(workspace_dir: Path) -> No
         approve(w)
         produce(w, [payment(1, note="4111111111111111")])
         open_flow(w, FLOW).run(once=True)
+        grant_jit(w, "security-officer")
         q = open_quarantine(w, FLOW)
         with pytest.raises(ApprovalRequired):
             q.release(0, principal="security-officer")
@@ -239,6 +245,7 @@ def test_discard_needs_a_reason(ws: Workspace) -> None:
     approve(ws)
     produce(ws, [payment(1, note="4111111111111111")])
     open_flow(ws, FLOW).run(once=True)
+    grant_jit(ws, "security-officer")
     q = open_quarantine(ws, FLOW)
     with pytest.raises(FlowError, match="needs a reason"):
         q.discard(0, principal="security-officer", reason=" ")

@@ -97,7 +97,12 @@ def _ctx(ctx: click.Context) -> AccessCliContext:
     help="Zones, principals and standing grants (YAML/JSON).",
 )
 @click.option(
-    "--actor", envvar="TRUSTZONES_ACTOR", help="The principal acting (becomes --as later)."
+    "--as",
+    "--actor",
+    "actor",
+    envvar="TRUSTZONES_ACTOR",
+    metavar="PRINCIPAL",
+    help="Act as this principal (logged in with the workspace profile's credentials).",
 )
 @click.option(
     "--audit-log",
@@ -121,6 +126,22 @@ def group(
         return
     if ctx.invoked_subcommand == "schema":
         return
+    if store_path is None and directory_path is None:
+        from trustzones.cli._context import CliState
+
+        root = ctx.find_root().obj
+        if isinstance(root, CliState):
+            ws = root.workspace()
+            if actor:
+                ws.access.identity(actor)  # --as is an authenticated identity
+            ctx.obj = AccessCliContext(
+                ws.access.directory,
+                ws.config.state_dir / "grants.db",
+                actor,
+                ws.access.audit_sink,
+                clock=ws.clock,
+            )
+            return
     if store_path is None or directory_path is None:
         raise click.UsageError(
             "pass --store FILE and --directory FILE (or TRUSTZONES_ACCESS_STORE and "
@@ -209,7 +230,32 @@ _ACCESS = click.option(
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
+def _set_actor(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--as NAME`` on a subcommand: the acting principal, logged in through the workspace."""
+    if value:
+        obj = ctx.find_object(AccessCliContext)
+        if obj is not None:
+            obj.actor = value
+        from trustzones.cli._context import CliState
+
+        root = ctx.find_root().obj
+        if isinstance(root, CliState) and root.path.exists():
+            root.workspace().access.identity(value)
+    return value
+
+
+_AS = click.option(
+    "--as",
+    "as_principal",
+    metavar="PRINCIPAL",
+    expose_value=False,
+    callback=_set_actor,
+    help="Act as this principal (logged in with the workspace profile's credentials).",
+)
+
+
 @group.command()
+@_AS
 @_TOPIC
 @_ZONE
 @click.option("--for", "duration_text", required=True, help="How long, e.g. 2h, 90m, 1h30m.")
@@ -245,6 +291,7 @@ def request(
 
 
 @group.command()
+@_AS
 @click.argument("request_id")
 @_JSON
 @click.pass_context
@@ -260,6 +307,7 @@ def approve(ctx: click.Context, request_id: str, as_json: bool) -> None:
 
 
 @group.command()
+@_AS
 @click.argument("request_id")
 @click.option("--reason", default="", help="Why it is refused.")
 @_JSON
@@ -276,6 +324,7 @@ def deny(ctx: click.Context, request_id: str, reason: str, as_json: bool) -> Non
 
 
 @group.command()
+@_AS
 @click.option("--all", "show_all", is_flag=True, help="Include decided requests.")
 @_JSON
 @click.pass_context
@@ -312,6 +361,7 @@ def _print_grants(views: list[GrantView]) -> None:
 
 
 @group.command()
+@_AS
 @click.option("--principal", help="Only this principal's grants.")
 @click.option("--zone", help="Only grants in this zone.")
 @click.option("--all", "show_all", is_flag=True, help="Include expired and revoked grants.")
@@ -334,6 +384,7 @@ def grants(
 
 
 @group.command()
+@_AS
 @click.argument("grant_id")
 @click.option("--reason", required=True, help="Why the grant is revoked.")
 @click.pass_context
@@ -346,6 +397,7 @@ def revoke(ctx: click.Context, grant_id: str, reason: str) -> None:
 
 
 @group.command(name="break-glass")
+@_AS
 @_TOPIC
 @_ZONE
 @click.option("--reason", required=True, help="The emergency; it is flagged for review.")
@@ -378,6 +430,7 @@ def break_glass(
 
 
 @group.command()
+@_AS
 @click.option("--zone", required=True, help="The zone to review.")
 @_JSON
 @click.pass_context
@@ -393,6 +446,7 @@ def review(ctx: click.Context, zone: str, as_json: bool) -> None:
 
 
 @group.command()
+@_AS
 def schema() -> None:
     """Print the Cedar schema that custom policies are validated against."""
     click.echo(cedar_schema(), nl=False)

@@ -116,6 +116,11 @@ def demo(directory: Path | None, payments: int, clicks: int, seed: int) -> None:
             )
 
         out.rule("4. what DLP held back, in the payments zone's quarantine")
+        try:
+            flows.open_quarantine(ws, FLOW).list(principal="security-officer")
+        except AccessDenied as exc:
+            out.print(f"[yellow]not yet[/]: {exc}")
+        _jit(ws, out)
         q = flows.open_quarantine(ws, FLOW)
         held = q.list(principal="security-officer")
         reasons = Counter(h.reason for h in held)
@@ -164,6 +169,29 @@ def demo(directory: Path | None, payments: int, clicks: int, seed: int) -> None:
     if audit_line:
         out.print(audit_line)
     out.print(f"workspace: {d}  (try `cd {d} && trustzones zones`)")
+
+
+def _jit(ws: Workspace, out: Console) -> None:
+    """The security officer gets just-in-time read access to payments, approved by the CISO."""
+    from datetime import timedelta
+
+    from trustzones.access import Resource
+
+    store = ws.access.grants
+    req = store.request(
+        "security-officer",
+        Resource("payments"),
+        access=frozenset({"read"}),
+        duration=timedelta(hours=1),
+        reason="review the flow's quarantine",
+        now=ws.clock(),
+    )
+    try:
+        store.approve(req.id, approver="security-officer", now=ws.clock())
+    except AccessDenied as exc:
+        out.print(f"[red]refused[/]: {exc}")
+    req = store.approve(req.id, approver="ciso", now=ws.clock())
+    out.print(f"ciso approved just-in-time access {req.id} → grant {req.grant_id}, 1 hour")
 
 
 def _audit(ws: Workspace) -> str:

@@ -94,18 +94,6 @@ def open_flow(ws: Workspace, name: str) -> FlowRunner:
     )
 
 
-def _holds_zone(ws: Workspace, principal: str, zone: str) -> bool:
-    for t in ws.config.topics.values():
-        if t.zone != zone:
-            continue
-        try:
-            ws.authorize(principal, "read", t.name)
-        except AccessDenied:
-            continue
-        return True
-    return False
-
-
 def open_approvals(ws: Workspace) -> Approvals:
     c = ws.config
 
@@ -115,7 +103,7 @@ def open_approvals(ws: Workspace) -> Approvals:
 
     return Approvals(
         c.state_dir / "approvals.db",
-        holds_zone=lambda p, z: _holds_zone(ws, p, z),
+        holds_zone=lambda p, z: ws.access.holds_zone(p, z),
         roles=roles,
         on_event=ws.emit,
     )

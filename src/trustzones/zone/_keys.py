@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from trustzones.config import Config
 from trustzones.keys import KeyRing, LocalKeystore, MasterKey, SqliteKeyTable
@@ -30,8 +32,11 @@ def master_key_env(zone: str) -> str:
 class WorkspaceKeys:
     """Key rings for the zones of one workspace (local keystore)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, emit: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> None:
         self.config = config
+        self._emit = emit
         self.master_dir = config.state_dir / "master"
         self.keystore_dir = config.state_dir / "keys"
         self._rings: dict[str, KeyRing] = {}
@@ -88,9 +93,14 @@ class WorkspaceKeys:
                 zones={z.name: z.classification for z in c.zones.values()},
                 keystore=self.keystore(),
                 tables=self._table,
+                audit=self._audit if self._emit is not None else None,
             )
             self._rings[acting_zone] = r
         return r
+
+    def _audit(self, event: Mapping[str, Any]) -> None:
+        assert self._emit is not None
+        self._emit(str(event.get("type", "keys.event")), dict(event))
 
     def close(self) -> None:
         for r in self._rings.values():

@@ -24,16 +24,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from trustzones.access import Identity
 from trustzones.config import CONFIG_FILENAME, Config
 from trustzones.config.model import EmbeddedBackend as EmbeddedSettings
-from trustzones.errors import AccessDenied, RecordRejected, StreamError
+from trustzones.errors import AccessDenied, AuthenticationFailed, RecordRejected, StreamError
 from trustzones.streams import Backend, EmbeddedBackend, NewRecord, Record, RecordPosition
 from trustzones.streams.base import StartFrom
-from trustzones.zone._authz import Action, Authorizer, Decision, GrantAuthorizer, utcnow
+from trustzones.zone._access import WorkspaceAccess
+from trustzones.zone._authz import Action, Authorizer, Decision, utcnow
 from trustzones.zone._ingress import TokenBucket, TopicValidator
 from trustzones.zone._keys import WorkspaceKeys
 
 __all__ = ["ProduceResult", "Workspace", "ZoneConsumer", "find_config"]
+
+Who = str | Identity
 
 LINEAGE_PRODUCER = "tz.producer"
 LINEAGE_TIME = "tz.produced_at"
@@ -67,8 +71,9 @@ class Workspace:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
-        self.authorizer: Authorizer = authorizer or GrantAuthorizer(config)
+        self._authorizer = authorizer
         self.clock = clock
+        self._access: WorkspaceAccess | None = None
         self._backends: dict[tuple[str, str], Backend] = {}
         self._keys: WorkspaceKeys | None = None
         self.event_sinks: list[Callable[[str, dict[str, Any]], None]] = []
@@ -94,6 +99,16 @@ class Workspace:
         if self._keys is not None:
             self._keys.close()
             self._keys = None
+        if self._access is not None:
+            self._access.close()
+            self._access = None
+
+    @property
+    def access(self) -> WorkspaceAccess:
+        """Authentication and the policy decision point (credentials written by init)."""
+        if self._access is None:
+            self._access = WorkspaceAccess(self.config, emit=self.emit, clock=self.clock)
+        return self._access
 
     def emit(self, action: str, data: dict[str, Any]) -> None:
         """Hand an event (references and hashes only, never values) to the audit sinks."""
@@ -104,7 +119,7 @@ class Workspace:
     def keys(self) -> WorkspaceKeys:
         """The zone keys of this workspace (created by ``trustzones init``)."""
         if self._keys is None:
-            self._keys = WorkspaceKeys(self.config)
+            self._keys = WorkspaceKeys(self.config, emit=self.emit)
         return self._keys
 
     # -- zones ----------------------------------------------------------------------------
@@ -148,18 +163,28 @@ class Workspace:
             )
 
     # -- authorization --------------------------------------------------------------------
-    def authorize(self, principal: str, action: Action, topic: str) -> Decision:
-        """Ask the authorizer; raise :class:`AccessDenied` with its reason on deny."""
+    def authorize(self, principal: Who, action: Action, topic: str) -> Decision:
+        """Ask the decision point; raise :class:`AccessDenied` with its reason on deny.
+
+        ``principal`` is an authenticated :class:`~trustzones.access.Identity`, or a name that
+        is logged in with the workspace profile's credentials.
+        """
+        name = principal if isinstance(principal, str) else principal.principal
         if topic not in self.config.topics:
-            raise AccessDenied(f"{principal!r} may not {action} {topic!r}: no such topic")
+            raise AccessDenied(f"{name!r} may not {action} {topic!r}: no such topic")
         try:
-            d = self.authorizer.decide(principal, action, topic, now=self.clock())
+            if self._authorizer is not None:
+                d = self._authorizer.decide(name, action, topic, now=self.clock())
+            else:
+                d = self.access.decide(principal, action, topic, now=self.clock())
+        except (AuthenticationFailed, AccessDenied):
+            raise
         except Exception as exc:  # a policy error denies (fail closed)
             raise AccessDenied(
-                f"{principal!r} may not {action} {topic!r}: the policy failed to evaluate"
+                f"{name!r} may not {action} {topic!r}: the policy failed to evaluate"
             ) from exc
         if not d.allowed:
-            raise AccessDenied(f"{principal!r} may not {action} {topic!r}: {d.reason}")
+            raise AccessDenied(f"{name!r} may not {action} {topic!r}: {d.reason}")
         return d
 
     def validator(self, topic: str) -> TopicValidator:
@@ -176,7 +201,7 @@ class Workspace:
         topic: str,
         values: Iterable[bytes],
         *,
-        principal: str,
+        principal: Who,
         keys: Sequence[bytes | None] | None = None,
     ) -> ProduceResult:
         """Check every record, then append the valid ones atomically.
@@ -185,14 +210,15 @@ class Workspace:
         an authorization failure or an exhausted rate limit raises before anything is written.
         """
         self.authorize(principal, "write", topic)
+        name = principal if isinstance(principal, str) else principal.principal
         zone = self.config.zone_of(topic)
         batch = list(values)
         limit = zone.controls.rate_limit
         if limit is not None:
-            bucket = self._buckets.get((principal, zone.name))
+            bucket = self._buckets.get((name, zone.name))
             if bucket is None:
                 bucket = TokenBucket(limit.records_per_second, limit.burst)
-                self._buckets[(principal, zone.name)] = bucket
+                self._buckets[(name, zone.name)] = bucket
             if not bucket.take(len(batch)):
                 raise RecordRejected(
                     f"rate limit of zone {zone.name!r} exceeded "
@@ -201,7 +227,7 @@ class Workspace:
         v = self.validator(topic)
         now = self.clock().isoformat(timespec="milliseconds").encode()
         lineage = (
-            (LINEAGE_PRODUCER, principal.encode()),
+            (LINEAGE_PRODUCER, name.encode()),
             (LINEAGE_TIME, now),
             (LINEAGE_SCHEMA, v.schema_version.encode()),
         )
@@ -224,7 +250,7 @@ class Workspace:
         self,
         topic: str,
         *,
-        principal: str,
+        principal: Who,
         group: str | None = None,
         start: StartFrom = "committed",
     ) -> ZoneConsumer:
@@ -236,7 +262,7 @@ class Workspace:
 class ZoneConsumer:
     """A consumer that re-checks authorization on every poll: a revoked grant stops it at once."""
 
-    def __init__(self, ws: Workspace, principal: str, topic: str, inner: object) -> None:
+    def __init__(self, ws: Workspace, principal: Who, topic: str, inner: object) -> None:
         from trustzones.streams.base import Consumer
 
         assert isinstance(inner, Consumer)
