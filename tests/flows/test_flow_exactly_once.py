@@ -41,17 +41,22 @@ def _run_and_kill(cwd: Path, rng: random.Random, batch: int) -> bool:
         [sys.executable, "-c", RUNNER, str(batch)], cwd=cwd, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    started = time.monotonic()
-    seen = False
-    while not seen and proc.poll() is None and time.monotonic() - started < 60:
-        seen = bool(proc.stdout.readline())
-        time.sleep(0.002)
-    time.sleep(rng.uniform(0.0, 0.4))
-    finished = proc.poll() is not None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        started = time.monotonic()
+        seen = False
+        while not seen and proc.poll() is None and time.monotonic() - started < 60:
+            seen = bool(proc.stdout.readline())
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.4))
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
     return finished
 
 

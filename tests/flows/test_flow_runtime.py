@@ -149,7 +149,12 @@ def test_a_transform_that_fails_to_sanitise_is_caught_at_run_time(workspace_dir:
 
 def test_untransformed_field_above_destination_is_refused_at_run_time(ws: Workspace) -> None:
     runner = open_flow(ws, FLOW)
-    runner._plan.pop("customer.name")  # simulate a flow definition that lost a transform
+    # Simulate a flow definition that lost a transform after loading.
+    from trustzones.dlp.transforms import TransformPlan
+
+    kept = {k: v for k, v in runner.spec.transforms.items() if k != "customer.name"}
+    runner._plan = TransformPlan.compile(kept)
+    runner._transformed = tuple(kept)
     out = runner.decide(payment(1))
     assert out.kind == "quarantine"
     assert out.reason == (

@@ -46,6 +46,31 @@ def _all(b: EmbeddedBackend, topic: str = "t") -> list[dict[str, object]]:
     return out
 
 
+class _Acks:
+    """Complete lines a child wrote to its stdout pipe, read without blocking."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = b""
+        self.last = -1
+
+    def pump(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.buf += chunk
+            *lines, self.buf = self.buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self.last = int(line)
+
+
 @pytest.mark.slow
 def test_sigkill_never_loses_acknowledged_or_half_writes(tmp_path: Path) -> None:
     rng = random.Random(1234)
@@ -56,33 +81,28 @@ def test_sigkill_never_loses_acknowledged_or_half_writes(tmp_path: Path) -> None
         proc = subprocess.Popen(
             [sys.executable, "-c", PRODUCER, str(db), tag, "100000", "50"],
             stdout=subprocess.PIPE,
-            text=True,
         )
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        last = -1
-        started = time.monotonic()
-        while last < 0 and time.monotonic() - started < 60:  # wait for the first ack
-            line = proc.stdout.readline()
-            if line:
-                last = int(line)
-            else:
+        try:
+            acks = _Acks(proc)
+            started = time.monotonic()
+            while acks.last < 0 and time.monotonic() - started < 60:  # wait for the first ack
+                acks.pump()
                 time.sleep(0.005)
-        deadline = time.monotonic() + rng.uniform(0.02, 0.6)
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line:
-                last = int(line)
-            else:
+            deadline = time.monotonic() + rng.uniform(0.02, 0.6)
+            while time.monotonic() < deadline:
+                acks.pump()
                 time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        rest = proc.stdout.read() or ""
-        proc.stdout.close()
-        for line in rest.splitlines():
-            last = int(line)
-        acked[tag] = last
-        assert last >= 0, "the producer acknowledged nothing before it was killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            acks.pump()  # acks written before the kill are still in the pipe
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+        acked[tag] = acks.last
+        assert acks.last >= 0, "the producer acknowledged nothing before it was killed"
     with EmbeddedBackend("z", db) as b:
         per_batch = Counter((r["w"], r["b"]) for r in _all(b))
     for (_tag, _n), count in per_batch.items():

@@ -56,6 +56,7 @@ def init(directory: Path, example: str, force: bool) -> None:
     config = Config.from_yaml(cfg)
     with Workspace(config) as ws:
         written += ws.keys.provision()
+        written += ws.access.provision_example_credentials()
         ws.ensure_topics()
     from trustzones.cli import _hooks
 

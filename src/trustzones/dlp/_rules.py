@@ -420,7 +420,13 @@ _H = r"[0-9A-Fa-f]{1,4}"
 _V4TAIL = r"\d{1,3}(?:\.\d{1,3}){3}"
 
 RULES: tuple[Rule, ...] = (
-    Rule("card", "CREDIT_CARD", r"\b\d(?:[ -]?\d){12,59}\b", _card),
+    Rule(
+        "card",
+        "CREDIT_CARD",
+        r"\b\d(?:[ -]?\d){12,59}\b",
+        _card,
+        prefilter=r"\b\d(?:[ -]?\d){12}",
+    ),
     Rule("ssn", "US_SSN", r"\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b", _ssn_sep),
     Rule("ssn_bare", "US_SSN", r"\b\d{9}\b", _ssn_bare, context_only=True, keywords=True),
     Rule(
@@ -435,7 +441,7 @@ RULES: tuple[Rule, ...] = (
         "IBAN",
         r"\b[A-Za-z]{2}\d{2}(?: [A-Za-z0-9]{4}){2,8}(?: [A-Za-z0-9]{1,3})?\b",
         _iban_spaced,
-        prefilter=r"\b[A-Za-z]{2}\d{2} [A-Za-z0-9]{4}",
+        prefilter=r"\d{2} [A-Za-z0-9]{4} [A-Za-z0-9]{4}",
     ),
     Rule(
         "email",
@@ -479,12 +485,14 @@ RULES: tuple[Rule, ...] = (
         "AWS_ACCESS_KEY_ID",
         r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
         _accept(0.9),
+        prefilter=r"AKIA|ASIA|ABIA|ACCA",
     ),
     Rule(
         "github_token",
         "GITHUB_TOKEN",
         r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b|\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b",
         _accept(0.95),
+        prefilter=r"gh[pousr]_|github_pat_",
     ),
     Rule(
         "jwt",

@@ -25,8 +25,8 @@ import re
 import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from itertools import accumulate
+from typing import Any, Literal, NamedTuple, cast
 
 from trustzones.dlp._normalize import normalize, to_original
 from trustzones.dlp._paths import Segment, render_path
@@ -49,13 +49,12 @@ EngineName = Literal["auto", "hyperscan", "python"]
 _EMPTY: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     """One detected value: its type, where it is, and how sure the detector is.
 
     ``start``/``end`` are offsets into the field's original string (or a number's decimal
     text, or the key when ``in_key``); ``end`` is exclusive. The value itself is never
-    stored here.
+    stored here, so a finding is safe to log. (A named tuple: immutable and cheap.)
     """
 
     type: str
@@ -97,11 +96,9 @@ def hyperscan_available() -> bool:
 
 
 def _starts(norms: list[str]) -> list[int]:
-    starts = []
-    pos = 0
-    for n in norms:
-        starts.append(pos)
-        pos += len(n) + 1
+    """Offsets of each text in the texts joined by one separator character."""
+    starts = list(accumulate(map(len, norms), lambda a, n: a + n + 1, initial=0))
+    starts.pop()
     return starts
 
 
@@ -246,9 +243,15 @@ class Scanner:
             if engine == "hyperscan"
             else _PythonEngine(patterns)
         )
-        # Keys repeat from record to record; their findings are cached (bounded).
+        # Keys repeat from record to record: what they need is cached (bounded), unless a
+        # key holds a finding (a sensitive value is never kept in a cache).
         self._key_cache: dict[tuple[str, frozenset[str]], tuple[_Cand, ...]] = {}
         self._plain_key_cache: dict[str, tuple[_Cand, ...]] = {}
+        self._paths: dict[tuple[Segment, ...], str] = {}
+        self._plans: dict[
+            tuple[tuple[object, ...], frozenset[str]],
+            list[tuple[str, int, tuple[_Cand, ...], frozenset[str]]],
+        ] = {}
 
     @property
     def engine(self) -> str:
@@ -286,8 +289,16 @@ class Scanner:
         if w.key_hits:
             items += [(pos, 0, rec, segs, cands) for pos, rec, segs, cands in w.key_hits]
             items.sort(key=lambda it: (it[0], it[1]))
+        paths = self._paths
         for _pos, is_value, rec, segs, cands in items:
-            path = render_path(segs, hidden)
+            if hidden:
+                path = render_path(segs, hidden)
+            else:
+                path = paths.get(segs)  # type: ignore[assignment]
+                if path is None:
+                    path = render_path(segs, hidden)
+                    if len(paths) < 16_384:
+                        paths[segs] = path
             out = results[rec]
             in_key = not is_value
             for conf, s, e, _ri, type_ in cands:
@@ -296,19 +307,40 @@ class Scanner:
 
     # -- internals -----------------------------------------------------------------
 
+    def _member_plan(
+        self, keys: tuple[object, ...], inherited: frozenset[str]
+    ) -> list[tuple[str, int, tuple[_Cand, ...], frozenset[str]]]:
+        """Per member of an object with these keys: key, position, the key's own findings
+        and the context of the value. Objects of one schema share keys, so this is cached
+        (bounded) by the key tuple and the inherited context."""
+        cache_key = (keys, inherited)
+        plan = self._plans.get(cache_key)
+        if plan is not None:
+            return plan
+        plan = []
+        for pos, raw in enumerate(keys):
+            key = raw if type(raw) is str else str(raw)
+            hits = self._key_findings(key, inherited) if self.scan_keys else ()
+            kctx = field_context(key)
+            plan.append((key, pos, hits, (inherited | kctx) if inherited else kctx))
+        # A key that holds a finding is sensitive: never keep it in a cache.
+        if len(self._plans) < 16_384 and not any(m[2] for m in plan):
+            self._plans[cache_key] = plan
+        return plan
+
     def _key_findings(self, key: str, ctx: frozenset[str]) -> tuple[_Cand, ...]:
         if not ctx:
             hit = self._plain_key_cache.get(key)
             if hit is None:
                 hit = self._detect_key(key, ctx)
-                if len(self._plain_key_cache) < 65_536:
+                if len(self._plain_key_cache) < 65_536 and not hit:
                     self._plain_key_cache[key] = hit
             return hit
         cache_key = (key, ctx)
         hit = self._key_cache.get(cache_key)
         if hit is None:
             hit = self._detect_key(key, ctx)
-            if len(self._key_cache) < 65_536:
+            if len(self._key_cache) < 65_536 and not hit:
                 self._key_cache[cache_key] = hit
         return hit
 
@@ -320,12 +352,16 @@ class Scanner:
         self, texts: list[str], ctxs: list[frozenset[str]], ctx_fields: dict[str, list[int]]
     ) -> dict[int, list[_Cand]]:
         """Candidates kept per field index, with offsets into the original strings."""
-        norms: list[str] = []
-        maps: list[list[int] | None] = []
-        for t in texts:
-            norm, imap = normalize(t)
-            norms.append(norm)
-            maps.append(imap)
+        maps: list[list[int] | None] | None = None
+        if all(map(str.isascii, texts)):
+            norms = texts  # ASCII needs no normalisation
+        else:
+            norms = []
+            maps = []
+            for t in texts:
+                norm, imap = normalize(t)
+                norms.append(norm)
+                maps.append(imap)
         rules = self._rules
         minconf = self.min_confidence
         cands: dict[int, list[_Cand]] = {}
@@ -357,7 +393,7 @@ class Scanner:
         out: dict[int, list[_Cand]] = {}
         for fi in sorted(cands):
             chosen = _resolve(cands[fi])
-            imap = maps[fi]
+            imap = maps[fi] if maps is not None else None
             if imap is not None:
                 chosen = [(c, *to_original(imap, s, e), ri, t) for c, s, e, ri, t in chosen]
             out[fi] = chosen
@@ -397,8 +433,7 @@ class _Walk:
         ctx_fields = self.ctx_fields
         texts = self.texts
         record = self.record
-        scan_keys = self.scanner.scan_keys
-        key_findings = self.scanner._key_findings
+        member_plan = self.scanner._member_plan
         key_hits = self.key_hits
 
         def add(text: str, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
@@ -412,31 +447,32 @@ class _Walk:
 
         def walk(obj: object, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
             t = type(obj)
-            if t is str:
-                add(obj, segments, ctx)  # type: ignore[arg-type]
-            elif t is dict:
+            if t is dict:
                 inherited = ctx - {NOT_IP} if NOT_IP in ctx else ctx
-                for pos, (key, value) in enumerate(obj.items()):  # type: ignore[attr-defined]
-                    if type(key) is not str:
-                        key = str(key)
-                    seg = (*segments, (key, pos))
-                    if scan_keys:
-                        hits = key_findings(key, inherited)
-                        if hits:
-                            key_hits.append((len(texts), record, seg, hits))
+                d = cast("dict[object, object]", obj)
+                for (key, pos, hits, kctx), value in zip(
+                    member_plan(tuple(d), inherited), d.values(), strict=True
+                ):
+                    # Concatenation is 3x faster than unpacking into a new tuple here.
+                    seg = segments + ((key, pos),)  # noqa: RUF005
+                    if hits:
+                        key_hits.append((len(texts), record, seg, hits))
                     vt = type(value)
-                    if vt is bool or value is None:
-                        continue
-                    kctx = field_context(key)
-                    if inherited:
-                        kctx = inherited | kctx
                     if vt is str:
-                        add(value, seg, kctx)
-                    else:
+                        if kctx:
+                            add(value, seg, kctx)  # type: ignore[arg-type]
+                        else:
+                            texts_append(value)  # type: ignore[arg-type]
+                            segs_append(seg)
+                            ctxs_append(kctx)
+                            records_append(record)
+                    elif vt is not bool and value is not None:
                         walk(value, seg, kctx)
+            elif t is str:
+                add(obj, segments, ctx)  # type: ignore[arg-type]
             elif t is list or t is tuple:
                 for i, value in enumerate(cast("list[object]", obj)):
-                    walk(value, (*segments, i), ctx)
+                    walk(value, segments + (i,), ctx)  # noqa: RUF005
             elif t is int:
                 add(str(obj), segments, ctx)
             elif t is float:

@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -59,6 +60,7 @@ __all__ = [
     "SuppressSpec",
     "TokenizeSpec",
     "TransformKeys",
+    "TransformPlan",
     "TransformSpec",
     "Transformer",
     "apply_transform",
@@ -124,7 +126,8 @@ class MaskSpec(_Spec):
 class HashSpec(_Spec):
     """Keyed HMAC-SHA-256 of the value (``secret("hash:<key>")``): stable for one key, so
     hashed fields still join. ``normalize`` first: ``casefold`` (e-mail addresses),
-    ``digits`` (keep only digits: card numbers with any separators hash alike)."""
+    ``digits`` (keep only digits, any digit form as ASCII: card numbers with any separators
+    hash alike)."""
 
     type: Literal["hash"] = "hash"
     key: str = "default"
@@ -151,6 +154,7 @@ class EncryptFpeSpec(_Spec):
     """NIST SP 800-38G FF1 over the characters of the value that are in ``alphabet`` (the
     others stay in place), with AES key ``secret("encrypt_fpe:<key>")`` (16, 24 or 32
     bytes). The first ``keep_first`` and last ``keep_last`` numerals stay in clear.
+    Full-width and other Unicode digits are folded to ASCII first (the output uses ASCII).
     ``luhn: invalid`` (digits only, ``keep_last: 0``) encrypts all but the check digit of
     a Luhn-valid number and appends a wrong check digit, so the output never passes as a
     card number and still decrypts."""
@@ -281,6 +285,22 @@ def _kind(value: object) -> str:
     return {dict: "an object", list: "an array", bool: "a boolean"}.get(
         type(value), f"a {type(value).__name__}"
     )
+
+
+def fold_digits(text: str) -> str:
+    """NFKC, every Unicode decimal digit as its ASCII digit, and no format characters
+    (zero-width spaces, bidi controls). Transforms that keep or encrypt digits work on this
+    form, so a full-width or Arabic-Indic digit is never passed through untouched."""
+    if text.isascii():
+        return text
+    out = []
+    for ch in unicodedata.normalize("NFKC", text):
+        dec = unicodedata.decimal(ch, None)
+        if dec is not None:
+            out.append(chr(48 + dec))
+        elif unicodedata.category(ch) not in ("Cf", "Mn", "Me"):
+            out.append(ch)
+    return "".join(out)
 
 
 def _as_text(spec: _Spec, value: object, path: str) -> str:
@@ -427,6 +447,44 @@ def parse_field_path(path: str) -> tuple[PlanSegment, ...]:
     return tuple(out)
 
 
+class TransformPlan:
+    """A validated, parsed ``{field path: spec}`` plan, ready to apply to many records."""
+
+    __slots__ = ("steps",)
+
+    def __init__(
+        self,
+        steps: list[
+            tuple[str, TransformSpec, tuple[PlanSegment, ...], tuple[PlanSegment, ...] | None]
+        ],
+    ) -> None:
+        self.steps = steps
+
+    @classmethod
+    def compile(cls, plan: Mapping[str, TransformSpec | Mapping[str, Any]]) -> TransformPlan:
+        """Parse every path and spec; raises :class:`~trustzones.errors.TransformError` for
+        a malformed path and ``pydantic.ValidationError`` for a malformed spec."""
+        steps = []
+        for path, raw in plan.items():
+            spec = raw if isinstance(raw, _Spec) else parse_transform(raw)
+            try:
+                segs = parse_field_path(path)
+            except ValueError as exc:
+                raise _fail(spec, path, str(exc)) from None
+            subject_segs = None
+            if isinstance(spec, DateShiftSpec):
+                try:
+                    subject_segs = parse_field_path(spec.subject)
+                except ValueError:
+                    raise _fail(
+                        spec, path, f"subject {spec.subject!r} is not a field path"
+                    ) from None
+                if _STAR in subject_segs:
+                    raise _fail(spec, path, f"subject {spec.subject} must name one field")
+            steps.append((path, spec, segs, subject_segs))
+        return cls(steps)
+
+
 class Transformer:
     """Applies transform specs to values and records with one set of keys, one vault and
     one scanner (for ``redact_text``); caches derived keys and FF1 ciphers."""
@@ -446,7 +504,6 @@ class Transformer:
         self._hmacs: dict[str, Any] = {}
         self._ff1: dict[tuple[str, str], FF1] = {}
         self._scanners: dict[tuple[tuple[str, ...] | None, float], Scanner] = {}
-        self._paths: dict[str, tuple[PlanSegment, ...]] = {}
         self._dispatch: dict[type[_Spec], Callable[[Any, object, str, object], object]] = {
             MaskSpec: self._mask,
             HashSpec: self._hash,
@@ -480,25 +537,22 @@ class Transformer:
             raise _fail(spec, path, f"failed ({type(exc).__name__})") from None
 
     def apply_record(
-        self, record: object, plan: Mapping[str, TransformSpec | Mapping[str, Any]]
+        self,
+        record: object,
+        plan: TransformPlan | Mapping[str, TransformSpec | Mapping[str, Any]],
     ) -> object:
-        """A copy of ``record`` with each ``path: spec`` of ``plan`` applied (paths as in
-        :func:`parse_field_path`). A missing field is skipped; a field whose container has
-        the wrong type fails. ``date_shift`` subjects are read from the original record."""
+        """A copy of ``record`` with each ``path: spec`` of ``plan`` applied in order
+        (paths as in :func:`parse_field_path`). A missing field is skipped; a field whose
+        container has the wrong type fails. ``date_shift`` subjects are read from the
+        original record. Compile a plan once with :meth:`TransformPlan.compile` when it is
+        applied to many records."""
+        compiled = plan if isinstance(plan, TransformPlan) else TransformPlan.compile(plan)
         result = record
-        for path, raw in plan.items():
-            spec = raw if isinstance(raw, _Spec) else parse_transform(raw)
-            segs = self._paths.get(path)
-            if segs is None:
-                try:
-                    segs = parse_field_path(path)
-                except ValueError as exc:
-                    raise _fail(spec, path, str(exc)) from None
-                if len(self._paths) < 4096:
-                    self._paths[path] = segs
+        for path, spec, segs, subject_segs in compiled.steps:
             subject = None
-            if isinstance(spec, DateShiftSpec):
-                subject = self._subject(spec, record, path)
+            if subject_segs is not None:
+                assert isinstance(spec, DateShiftSpec)
+                subject = self._subject(spec, subject_segs, record, path)
 
             def fn(
                 value: object, where: str, spec: TransformSpec = spec, subject: object = subject
@@ -552,9 +606,9 @@ class Transformer:
     def _hash(self, spec: HashSpec, value: object, path: str, _s: object) -> str:
         text = _as_text(spec, value, path)
         if spec.normalize == "casefold":
-            text = text.strip().casefold()
+            text = fold_digits(text).strip().casefold()
         elif spec.normalize == "digits":
-            text = "".join(ch for ch in text if ch.isdigit())
+            text = "".join(ch for ch in fold_digits(text) if "0" <= ch <= "9")
         base = self._hmacs.get(spec.key)
         if base is None:
             base = hmac.new(self._secret(spec, spec.key, path), digestmod=hashlib.sha256)
@@ -602,7 +656,9 @@ class Transformer:
         return ff1
 
     def _fpe_encrypt(self, spec: EncryptFpeSpec, value: object, path: str, _s: object) -> str:
-        return self._fpe(spec, _as_text(spec, value, path), path, decrypt=False)
+        # Full-width and other digit forms are folded to ASCII first: left as they are,
+        # they would pass through unencrypted.
+        return self._fpe(spec, fold_digits(_as_text(spec, value, path)), path, decrypt=False)
 
     def _fpe(self, spec: EncryptFpeSpec, text: str, path: str, *, decrypt: bool) -> str:
         ff1 = self._cipher(spec, path)
@@ -676,11 +732,13 @@ class Transformer:
         lo = int(x // width) * width
         return f"{lo}-{lo + width - 1}"
 
-    def _subject(self, spec: DateShiftSpec, record: object, path: str) -> object:
-        try:
-            segs = parse_field_path(spec.subject)
-        except ValueError:
-            raise _fail(spec, path, f"subject {spec.subject!r} is not a field path") from None
+    def _subject(
+        self,
+        spec: DateShiftSpec,
+        segs: tuple[PlanSegment, ...],
+        record: object,
+        path: str,
+    ) -> object:
         node = record
         for seg in segs:
             if isinstance(seg, str) and isinstance(node, dict) and seg in node:

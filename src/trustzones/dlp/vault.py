@@ -30,6 +30,7 @@ import sqlite3
 import string
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +90,34 @@ def _random_token(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(16)
 
 
+_TOKEN_ATTEMPTS = 64
+
+
 def _preserving_token(value: str, keep_last: int) -> str:
-    """A random string shaped like ``value``: each digit, lower- and upper-case ASCII letter
-    replaced by a random one of its kind (the last ``keep_last`` of them kept), everything
-    else kept. A Luhn-valid digit string gets a Luhn-invalid token, so a token is never
+    """A random string shaped like ``value`` (see :func:`_one_preserving_token`) in which the
+    scanner finds nothing: neither the whole token nor any part of it (a 16-digit run inside
+    a 19-digit token, say) may pass as a card number, an SSN or another sensitive value, or
+    the flow's own output scan would hold it back as a leak."""
+    from trustzones.dlp.scanner import default_scanner
+
+    scanner = default_scanner()
+    for _ in range(_TOKEN_ATTEMPTS):
+        token = _one_preserving_token(value, keep_last)
+        if not scanner.scan_text(token):
+            return token
+    raise ValueError(
+        f"no format-preserving token free of detectable patterns after {_TOKEN_ATTEMPTS} tries"
+    )
+
+
+def _one_preserving_token(value: str, keep_last: int) -> str:
+    """A random string shaped like ``value``: each digit and letter (any script) replaced by
+    a random ASCII one of its kind (the last ``keep_last`` of them kept), everything else
+    kept. A Luhn-valid digit string gets a Luhn-invalid token, so a token is never
     mistaken for a card number."""
-    positions = [i for i, ch in enumerate(value) if ch.isascii() and ch.isalnum()]
+    # Every letter and digit, in any script, is a position: a full-width digit left in
+    # place would leak.
+    positions = [i for i, ch in enumerate(value) if ch.isalnum()]
     random_positions = positions[: len(positions) - keep_last] if keep_last else positions
     if len(random_positions) < MIN_RANDOM_CHARS:
         raise ValueError(
@@ -104,15 +127,15 @@ def _preserving_token(value: str, keep_last: int) -> str:
     out = list(value)
     for i in random_positions:
         ch = value[i]
-        if ch.isdigit():
+        if ch.isdigit() or ch.isnumeric():
             out[i] = secrets.choice(string.digits)
         elif ch.islower():
             out[i] = secrets.choice(string.ascii_lowercase)
         else:
             out[i] = secrets.choice(string.ascii_uppercase)
     token = "".join(out)
-    digits = "".join(ch for ch in token if ch.isdigit())
-    all_digits = digits == "".join(ch for ch in token if ch.isalnum())
+    digits = "".join(str(unicodedata.digit(ch)) for ch in token if ch.isdigit())
+    all_digits = len(digits) == sum(ch.isalnum() for ch in token)
     if all_digits and 13 <= len(digits) <= 19 and luhn_valid(digits):
         # Change the last random digit so that the Luhn check fails.
         i = next(i for i in reversed(random_positions) if value[i].isdigit())

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
 
 from trustzones.config import Config
 from trustzones.dlp.synth import CARD_BRANDS, Synth
@@ -203,7 +203,7 @@ def generate_events(
         raise TrustzonesError(f"topic {topic!r} has no schema to generate events from")
     synth = Synth(seed, disguise=0.0)
     gen = _Gen(synth, leak_rate, dt.datetime(2026, 11, 28, tzinfo=dt.UTC))
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema_rs.validator_for(schema)
     out = []
     for _ in range(count):
         for _attempt in range(20):

@@ -33,7 +33,7 @@ import orjson
 from trustzones.config.model import FlowSpec
 from trustzones.config.schema import SchemaField
 from trustzones.dlp import Finding, Scanner
-from trustzones.dlp.transforms import Transformer, parse_transform
+from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.errors import FlowError, RecordRejected, TransformError
 from trustzones.flows._paths import keep_only, leaves
 from trustzones.flows._watermark import Watermarker
@@ -114,7 +114,8 @@ class FlowRunner:
         self.position_key = position_key(self.source_zone, self.source_topic)
         self.policy = c.policy_version
         self._transformer = transformer
-        self._plan = {path: parse_transform(spec) for path, spec in self.spec.transforms.items()}
+        self._plan = TransformPlan.compile(self.spec.transforms)
+        self._transformed = tuple(self.spec.transforms)
         self._scanner = scanner
         self._watermarker = watermarker
         self._redactor = redactor
@@ -124,6 +125,7 @@ class FlowRunner:
         self._src_fields: dict[str, SchemaField] = c.fields(self.source_topic)
         self._dest_validator = ws.validator(self.dest_topic)
         self._allowed = self._allowed_paths()
+        self._path_cache: dict[str, str | None] = {}
         self._levels = {name: i for i, name in enumerate(c.classifications)}
         self._src_default = c.zone_of(self.source_topic).classification
         self._dst_default = c.zone_of(self.dest_topic).classification
@@ -163,12 +165,27 @@ class FlowRunner:
     def _level(self, cls: str) -> int:
         return self._levels.get(cls, len(self._levels))  # unknown → above everything
 
-    def decide(self, value: bytes, *, scan: bool = True) -> Outcome:
-        """What happens to one source record. Pure: no I/O but the token vault.
+    def _path_problem(self, spath: str) -> str | None:
+        """Why a leaf at schema path ``spath`` may not be written down (cached per path)."""
+        cache = self._path_cache
+        if spath in cache:
+            return cache[spath]
+        problem = None
+        df = self._dest_fields.get(spath)
+        dcls = df.classification if df else self._dst_default
+        if self._level(dcls) > self._dest_level:
+            problem = f"is classified {dcls!r}, above destination zone {self.dest_zone!r}"
+        elif not any(spath == t or spath.startswith((t + ".", t + "[")) for t in self._transformed):
+            sf = self._src_fields.get(spath)
+            scls = sf.classification if sf else self._src_default
+            if self._level(scls) > self._dest_level:
+                problem = f"({scls}) would be written down untransformed into {self.dest_zone!r}"
+        if len(cache) < 10_000:
+            cache[spath] = problem
+        return problem
 
-        ``scan=False`` skips only the DLP scan (a release a human approved); the destination
-        schema and classification checks always apply.
-        """
+    def _prepare(self, value: bytes) -> Outcome | Any:
+        """Decode, transform and enforce the destination; an Outcome when refused."""
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -179,37 +196,23 @@ class FlowRunner:
             out = self._transformer.apply_record(doc, self._plan)
         except TransformError as exc:
             return Outcome("quarantine", reason=f"transform failed: {exc}")
-        transformed = self._plan.keys()
         if self.spec.drop_unlisted:
             out = keep_only(out, self._allowed)
         # Destination enforcement (invariant 3, at run time).
         for spath, cpath in leaves(out):
-            df = self._dest_fields.get(spath)
-            dcls = df.classification if df else self._dst_default
-            if self._level(dcls) > self._dest_level:
-                return Outcome(
-                    "quarantine",
-                    reason=f"field {cpath} is classified {dcls!r}, "
-                    f"above destination zone {self.dest_zone!r}",
-                )
-            if not any(spath == t or spath.startswith((t + ".", t + "[")) for t in transformed):
-                sf = self._src_fields.get(spath)
-                scls = sf.classification if sf else self._src_default
-                if self._level(scls) > self._dest_level:
-                    return Outcome(
-                        "quarantine",
-                        reason=f"field {cpath} ({scls}) would be "
-                        f"written down untransformed into {self.dest_zone!r}",
-                    )
-        encoded = orjson.dumps(out)
+            problem = self._path_problem(spath)
+            if problem is not None:
+                return Outcome("quarantine", reason=f"field {cpath} {problem}")
         try:
-            self._dest_validator.check(encoded)
+            self._dest_validator.check(orjson.dumps(out))
         except RecordRejected as rej:
             where = f" at {rej.path}" if rej.path else ""
             return Outcome(
                 "quarantine", reason=f"output breaks the destination schema{where}: {rej.reason}"
             )
-        scanned = self._scanner.scan_record(out) if scan else []
+        return out
+
+    def _finish(self, out: Any, scanned: list[Finding]) -> Outcome:
         findings = [
             f
             for f in scanned
@@ -230,6 +233,30 @@ class FlowRunner:
         if self._watermarker is not None:
             self._watermarker.mark(out)
         return Outcome("deliver", value=orjson.dumps(out), redacted=redacted)
+
+    def decide_many(self, values: list[bytes], *, scan: bool = True) -> list[Outcome]:
+        """What happens to each source record. No I/O but the token vault.
+
+        The DLP scan runs once over the whole batch (one pass of the compiled engine).
+        ``scan=False`` skips only the DLP scan (a release a human approved); the destination
+        schema and classification checks always apply.
+        """
+        prepared = [self._prepare(v) for v in values]
+        pending = [i for i, p in enumerate(prepared) if not isinstance(p, Outcome)]
+        scans = (
+            self._scanner.scan_records([prepared[i] for i in pending])
+            if scan and pending
+            else [[] for _ in pending]
+        )
+        outcomes: list[Outcome] = []
+        found = dict(zip(pending, scans, strict=True))
+        for i, p in enumerate(prepared):
+            outcomes.append(p if isinstance(p, Outcome) else self._finish(p, found[i]))
+        return outcomes
+
+    def decide(self, value: bytes, *, scan: bool = True) -> Outcome:
+        """:meth:`decide_many` for one record."""
+        return self.decide_many([value], scan=scan)[0]
 
     # -- a batch --------------------------------------------------------------------------
     def step(self, max_records: int = 500) -> FlowStats:
@@ -253,8 +280,7 @@ class FlowRunner:
         quarantined: list[NewRecord] = []
         new_pos = dict(pos)
         blocked: Record | None = None
-        for r in records:
-            o = self.decide(r.value)
+        for r, o in zip(records, self.decide_many([r.value for r in records]), strict=True):
             new_pos[r.partition] = r.offset + 1
             stats.read += 1
             if o.kind == "deliver":
