@@ -140,3 +140,19 @@ def test_rate_limit_refuses_the_batch(ws: Workspace) -> None:
     many = [orjson.dumps(dict(PAYMENT, transaction_id=str(i))) for i in range(10_001)]
     with pytest.raises(RecordRejected, match="rate limit of zone 'payments' exceeded"):
         ws.produce("payments.transactions", many, principal="payments-service")
+
+
+def test_raw_zone_files_hold_no_card_number(ws: Workspace) -> None:
+    """Encryption at rest: the payments zone's files never contain a produced card number."""
+    from trustzones.flows import open_flow
+
+    card = "5555 5555 5555 4444"
+    doc = dict(PAYMENT, card={"number": card, "cvv": "987"}, note=f"card {card} on file")
+    ws.produce("payments.transactions", [orjson.dumps(doc)], principal="payments-service")
+    flow = open_flow(ws, "payments-to-analytics")
+    flow.decide(orjson.dumps(doc))  # tokenises the number: the vault stores it too
+    ws.close()
+    raw = b"".join(p.read_bytes() for p in ws.config.data_dir("payments").rglob("*") if p.is_file())
+    assert raw, "the payments zone wrote no files"
+    for needle in (card, card.replace(" ", ""), "a@example.com"):
+        assert needle.encode() not in raw, f"{needle!r} found in clear in the payments zone"

@@ -168,7 +168,7 @@ def flow_status(ws: Workspace, name: str) -> dict[str, Any]:
         "flow": name,
         "definition": c.flow_hash(name)[:12],
         "approved": approved,
-        "positions": runner.positions(),
+        "positions": {str(p): o for p, o in runner.positions().items()},
         "lag": runner.lag(),
         "quarantined": held,
     }
