@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run the whole suite. Used by .ci/run.
-# Servers (Kafka brokers from Maven jars, OpenBao) are started by the test fixtures.
+# Servers are started by the test fixtures on loopback: two Kafka KRaft clusters from Maven
+# Central jars (tests/kafka_fixtures.py) and an OpenBao dev server (tests/keys/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-if [ -f scripts/kafka.py ]; then
-  python3 scripts/kafka.py fetch            # resolve broker jars from Maven Central (cached)
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
 fi
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python3 scripts/kafka.py fetch              # resolve broker jars from Maven Central (cached)
 python3 -m ruff check --quiet src tests benchmarks scripts
 python3 -m pytest "$@"

@@ -1,0 +1,168 @@
+"""The audit zone's SQLite file: schema, connections and the store-backed subtree hashes.
+
+Tables:
+
+* ``events``: one row per leaf: ``leaf_index`` (0-based), the event's id, the columns readers
+  filter on (copied from the body when it is appended), ``leaf_hash`` and ``body`` (the RFC 8785
+  canonical JSON that was hashed). Indexed by id, time and (principal, time); the other
+  filters (zone, action, decision) scan within those, because every index costs appends
+  (the zone index alone cost about a fifth of the append rate).
+* ``nodes``: the hash of every complete perfect subtree of ``2**NODE_LEVEL`` leaves or more,
+  saved as appends complete them, so that a proof needs O(log n) reads.
+* ``state``: one row: tree size, the compact-range frontier and the signed head (a checkpoint
+  note for the whole log, re-signed by every append).
+* ``checkpoints``: signed checkpoints kept for history, taken every ``checkpoint_interval``
+  leaves and on request.
+* ``meta``: the log's origin and verifier key.
+
+Triggers refuse ``UPDATE`` and ``DELETE`` on events, nodes, checkpoints and meta. They only stop
+mistakes in code: someone with the file can drop them, which is what the Merkle tree and the
+signatures are for.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from trustzones.audit.merkle import node_hash, range_hash
+from trustzones.errors import AuditError
+
+__all__ = [
+    "NODE_LEVEL",
+    "SCHEMA_VERSION",
+    "StoreSubtrees",
+    "connect",
+    "create_schema",
+]
+
+SCHEMA_VERSION = "1"
+NODE_LEVEL = 8
+"""Subtrees of 256 leaves and more are saved; smaller ones are rehashed from leaf hashes."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    leaf_index INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    time TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    action TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    leaf_hash BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events(time);
+CREATE INDEX IF NOT EXISTS events_by_principal ON events(principal, time);
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    tree_size INTEGER NOT NULL,
+    frontier BLOB NOT NULL,
+    head TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    tree_size INTEGER NOT NULL UNIQUE,
+    note TEXT NOT NULL
+);
+"""
+
+_APPEND_ONLY = ("events", "nodes", "checkpoints", "meta")
+
+
+def create_schema(con: sqlite3.Connection) -> None:
+    """Create the tables and append-only triggers (inside the caller's transaction)."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            con.execute(statement)
+    for table in _APPEND_ONLY:
+        for op in ("UPDATE", "DELETE"):
+            con.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: {op} on {table} "
+                "is refused'); END"
+            )
+
+
+def connect(path: Path, *, read_only: bool, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open the audit database; read-only connections never create or change the file."""
+    try:
+        if read_only:
+            if not path.is_file():
+                raise AuditError(
+                    f"no audit log at {path}: check the --db path (the log is created by the "
+                    "first append)"
+                )
+            con = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=busy_timeout_s,
+                check_same_thread=False,
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(
+                path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False
+            )
+            # WAL lets readers and verify run while appenders write; FULL syncs the WAL on
+            # every commit, so an append that returned survives a power cut.
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot open the audit log {path}: {exc}") from exc
+    return con
+
+
+class StoreSubtrees:
+    """``subtree(lo, hi)`` for the proof generators, answered from ``nodes`` and leaf hashes.
+
+    Ranges of at least ``2**NODE_LEVEL`` aligned leaves come from one ``nodes`` row; smaller
+    ones are rehashed from at most ``2**NODE_LEVEL`` leaf hashes, so a proof costs O(log n).
+    """
+
+    def __init__(self, con: sqlite3.Connection, tree_size: int) -> None:
+        self._con = con
+        self._size = tree_size
+
+    def __call__(self, lo: int, hi: int) -> bytes:
+        if not 0 <= lo < hi <= self._size:
+            raise AuditError(f"subtree [{lo}, {hi}) is outside the tree of size {self._size}")
+        width = hi - lo
+        if width & (width - 1) == 0 and lo % width == 0:
+            level = width.bit_length() - 1
+            if level >= NODE_LEVEL:
+                row = self._con.execute(
+                    "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, lo >> level)
+                ).fetchone()
+                if row is None:
+                    raise AuditError(
+                        f"the audit log lacks the saved hash of subtree [{lo}, {hi}); run "
+                        "`trustzones audit verify`"
+                    )
+                return bytes(row[0])
+            leaves = [
+                bytes(r[0])
+                for r in self._con.execute(
+                    "SELECT leaf_hash FROM events WHERE leaf_index >= ? AND leaf_index < ? "
+                    "ORDER BY leaf_index",
+                    (lo, hi),
+                )
+            ]
+            if len(leaves) != width:
+                raise AuditError(
+                    f"the audit log lacks entries in [{lo}, {hi}); run `trustzones audit verify`"
+                )
+            return range_hash(leaves, 0, width)
+        split = 1 << ((width - 1).bit_length() - 1)
+        return node_hash(self(lo, lo + split), self(lo + split, hi))

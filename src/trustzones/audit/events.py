@@ -1,0 +1,796 @@
+"""Audit events: CloudEvents 1.0 records of decisions, in RFC 8785 canonical JSON.
+
+Example::
+
+    from trustzones.audit.events import access_decision, canonical_json
+
+    event = access_decision(
+        principal="alice", action="read", resource="topic/payments", zone="restricted",
+        decision="deny", reason="clearance confidential is below restricted",
+        policy_version="7",
+    )
+    body = canonical_json(event)          # the exact bytes the Merkle log hashes
+
+The shape follows Confluent's audit log (CloudEvents 1.0 with ``id``, ``source``,
+``specversion``, ``type``, ``subject``, ``time``, ``datacontenttype``, ``data``); ``data`` holds
+``principal``, ``action``, ``resource``, ``zone``, ``decision``, ``reason``, ``policy_version``,
+``grant_id`` and free extra fields such as ``offset``, ``partition``, ``count`` or
+``content_hash``.
+
+**The contract: events hold references and hashes, never sensitive values.** Every string is
+a reference (an identifier without spaces: principal, topic, grant id, ...) or a digest
+(``sha256:<hex>``, made by :func:`content_hash`), except the short ``reason`` text. Extra
+fields have lowercase names; a name ending in ``_hash`` needs a digest; values are references,
+digests, integers (|n| < 2**53), booleans, or short lists of those; floats, bytes and nested
+objects are refused. A best-effort scan also refuses strings that look like card numbers,
+social security numbers, tokens or keys. A refused event raises
+:class:`~trustzones.audit.AuditEventRejected` naming the field, never the value.
+
+Hash content with :func:`content_hash` only when it has enough entropy (a whole record);
+a hash of a short value (a card number, a name) can be reversed by guessing. Prefer
+references (topic, partition, offset) for those.
+
+Canonical JSON: keys sorted, no whitespace, UTF-8. Because every key is ASCII and every
+number an integer below 2**53, ``orjson`` with sorted keys produces exactly the RFC 8785
+form (the tests check this against the ``rfc8785`` package); ``None`` fields are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time as _time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal, Protocol, runtime_checkable
+
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
+
+from trustzones.audit import _guard
+from trustzones.audit._errors import AuditEventRejected
+
+__all__ = [
+    "ACCESS_DECISION",
+    "AGGREGATE",
+    "APPROVAL",
+    "CONFIG_CHANGE",
+    "FLOW_TRANSFER",
+    "GRANT_CHANGE",
+    "KEY_OPERATION",
+    "QUARANTINE",
+    "QUARANTINE_RELEASE",
+    "RECORD_CONSUMED",
+    "RECORD_PRODUCED",
+    "SESSION",
+    "AuditData",
+    "AuditEvent",
+    "AuditSink",
+    "Decision",
+    "access_decision",
+    "aggregate",
+    "approval",
+    "canonical_json",
+    "config_change",
+    "content_hash",
+    "event_from_json",
+    "flow_transfer",
+    "grant_change",
+    "key_operation",
+    "new_event",
+    "quarantine",
+    "quarantine_release",
+    "record_access",
+    "record_accesses",
+    "session",
+]
+
+# Event types (CloudEvents ``type``). Other parts may use any ``io.trustzones.*`` type; these
+# are the ones the helper constructors below produce.
+ACCESS_DECISION: Final = "io.trustzones.access.decision"
+SESSION: Final = "io.trustzones.access.session"
+RECORD_PRODUCED: Final = "io.trustzones.record.produced"
+RECORD_CONSUMED: Final = "io.trustzones.record.consumed"
+AGGREGATE: Final = "io.trustzones.record.aggregate"
+FLOW_TRANSFER: Final = "io.trustzones.flow.transfer"
+QUARANTINE: Final = "io.trustzones.quarantine.added"
+QUARANTINE_RELEASE: Final = "io.trustzones.quarantine.released"
+APPROVAL: Final = "io.trustzones.approval"
+GRANT_CHANGE: Final = "io.trustzones.grant.change"
+CONFIG_CHANGE: Final = "io.trustzones.config.change"
+KEY_OPERATION: Final = "io.trustzones.key.operation"
+
+Decision = Literal["allow", "deny", "quarantine"]
+"""What was decided: ``allow`` (done/delivered), ``deny`` (refused) or ``quarantine``."""
+
+_MAX_INT = 2**53 - 1
+_MAX_EXTRAS = 32
+_MAX_LIST = 64
+_EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_TYPE = re.compile(r"io\.trustzones(\.[a-z][a-z0-9_-]{0,63}){1,4}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def content_hash(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``: how an event refers to content it must not hold."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _utc_time(value: object) -> object:
+    """Normalise to ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (fixed width, so text order is time order)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("time must be timezone-aware (use datetime.now(UTC))")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if isinstance(value, str) and not _TIME.fullmatch(value):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError("time must be an RFC 3339 timestamp") from exc
+        return _utc_time(parsed)
+    return value
+
+
+_second_text: tuple[int, str] = (-1, "")
+
+
+def _format_ns(now_ns: int) -> str:
+    """``now_ns`` (Unix nanoseconds) as event time text; the date part is reused per second."""
+    global _second_text
+    sec, ns = divmod(now_ns, 1_000_000_000)
+    cached_sec, prefix = _second_text
+    if sec != cached_sec:
+        prefix = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec))
+        _second_text = (sec, prefix)
+    return f"{prefix}.{ns // 1000:06d}Z"
+
+
+def _check_extra(name: str, value: object) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if -_MAX_INT <= value <= _MAX_INT:
+            return
+        raise ValueError(f"data.{name} must be an integer of magnitude below 2**53")
+    if isinstance(value, str):
+        if name.endswith("_hash") or value.startswith("sha256:"):
+            _guard.check_digest(f"data.{name}", value)
+        else:
+            _guard.check_reference(f"data.{name}", value)
+        return
+    raise ValueError(
+        f"data.{name} must be a reference, digest, integer or boolean (or a list of them), "
+        f"not {type(value).__name__}"
+    )
+
+
+# (field, name in messages, longest allowed reference)
+_DATA_REFS = (
+    ("principal", "data.principal", 256),
+    ("action", "data.action", 64),
+    ("resource", "data.resource", 512),
+    ("zone", "data.zone", 128),
+    ("policy_version", "data.policy_version", 128),
+    ("grant_id", "data.grant_id", 256),
+)
+_check_reference = _guard.check_reference
+
+
+class AuditData(BaseModel):
+    """The ``data`` of an audit event: who did what to which resource, and the decision."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True, hide_input_in_errors=True)
+
+    principal: str
+    action: str
+    resource: str
+    zone: str
+    decision: Decision
+    reason: str | None = None
+    policy_version: str | None = None
+    grant_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check_contract(self) -> AuditData:
+        # One validator for all fields: this runs for every audited record, so it is kept
+        # to a single Python call with cached checks.
+        fields = self.__dict__
+        for name, label, limit in _DATA_REFS:
+            value = fields[name]
+            if value is not None:
+                _check_reference(label, value, limit=limit)
+        if self.reason is not None:
+            _guard.check_text("data.reason", self.reason)
+        extra = self.__pydantic_extra__
+        if not extra:
+            return self
+        if len(extra) > _MAX_EXTRAS:
+            raise ValueError(f"data may hold at most {_MAX_EXTRAS} extra fields")
+        for name, value in extra.items():
+            if not _EXTRA_NAME.fullmatch(name):
+                raise ValueError(
+                    "extra data field names are lowercase identifiers (a-z, 0-9, _), "
+                    "at most 64 characters"
+                )
+            if isinstance(value, list | tuple):
+                if len(value) > _MAX_LIST:
+                    raise ValueError(f"data.{name} may hold at most {_MAX_LIST} items")
+                for item in value:
+                    _check_extra(name, item)
+                if isinstance(value, tuple):
+                    extra[name] = list(value)
+            else:
+                _check_extra(name, value)
+        return self
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """The free extra fields (offset, partition, content_hash, count, ...)."""
+        return dict(self.__pydantic_extra__ or {})
+
+
+class AuditEvent(BaseModel):
+    """One CloudEvents 1.0 audit event. Build it with the helper constructors below."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, hide_input_in_errors=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    type: str
+    subject: str | None = None
+    time: Annotated[str, BeforeValidator(_utc_time)]
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: AuditData
+
+    @model_validator(mode="after")
+    def _check_contract(self) -> AuditEvent:
+        if not _ID.fullmatch(self.id):
+            raise ValueError("id must be 1-128 characters of letters, digits and . _ : -")
+        if not _TYPE.fullmatch(self.type):
+            raise ValueError("type must look like io.trustzones.<part>.<what> (lowercase)")
+        _check_reference("source", self.source)
+        if not self.source.startswith("/"):
+            raise ValueError("source must be a path-like URI reference such as /trustzones/access")
+        if self.subject is not None:
+            _check_reference("subject", self.subject, limit=512)
+        return self
+
+    @property
+    def at(self) -> datetime:
+        """``time`` as an aware UTC datetime."""
+        return datetime.strptime(self.time, _TIME_FORMAT).replace(tzinfo=UTC)
+
+
+_OPTIONAL_DATA = ("reason", "policy_version", "grant_id")
+
+
+def canonical_json(event: AuditEvent) -> bytes:
+    """The RFC 8785 canonical JSON of ``event``: the bytes the audit log stores and hashes."""
+    # Hot path (every audited record): copy the field dicts, drop the unset optional fields.
+    top = event.__dict__.copy()
+    if top["subject"] is None:
+        del top["subject"]
+    data = event.data
+    fields = data.__dict__.copy()
+    for name in _OPTIONAL_DATA:
+        if fields[name] is None:
+            del fields[name]
+    extra = data.__pydantic_extra__
+    if extra:
+        fields.update(extra)
+    top["data"] = fields
+    return orjson.dumps(top, option=orjson.OPT_SORT_KEYS)
+
+
+def _rejected(exc: ValidationError) -> AuditEventRejected:
+    problems = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(msg if msg.startswith(where) else f"{where}: {msg}")
+    return AuditEventRejected("audit event refused: " + "; ".join(problems))
+
+
+def event_from_json(body: bytes | str) -> AuditEvent:
+    """Parse an event from JSON, applying the same contract as the constructors."""
+    try:
+        return AuditEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise _rejected(exc) from None
+
+
+def _uuid7(now_ns: int) -> str:
+    """A time-ordered RFC 9562 version 7 UUID: appends land at the end of the id index."""
+    b = bytearray((now_ns // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + os.urandom(10))
+    b[6] = 0x70 | b[6] & 0x0F  # version 7
+    b[8] = 0x80 | b[8] & 0x3F  # variant 10
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_event(
+    type: str,
+    *,
+    source: str,
+    principal: str,
+    action: str,
+    resource: str,
+    zone: str,
+    decision: Decision,
+    reason: str | None = None,
+    policy_version: str | None = None,
+    grant_id: str | None = None,
+    subject: str | None = None,
+    at: datetime | None = None,
+    event_id: str | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> AuditEvent:
+    """Build and check an event of any ``io.trustzones.*`` type; ``at`` defaults to now (UTC).
+
+    Raises :class:`AuditEventRejected` (naming the field, never the value) when a field breaks
+    the contract.
+    """
+    now_ns = _time.time_ns()
+    when: datetime | str = at if at is not None else _format_ns(now_ns)
+    data: dict[str, object] = {
+        "principal": principal,
+        "action": action,
+        "resource": resource,
+        "zone": zone,
+        "decision": decision,
+        "reason": reason,
+        "policy_version": policy_version,
+        "grant_id": grant_id,
+    }
+    if extra:
+        clash = data.keys() & extra.keys()
+        if clash:
+            raise AuditEventRejected(f"extra fields repeat standard fields: {sorted(clash)}")
+        data.update(extra)
+    try:
+        return AuditEvent(
+            id=event_id if event_id is not None else _uuid7(now_ns),
+            source=source,
+            type=type,
+            subject=subject if subject is not None else f"zone/{zone}/{resource}",
+            time=when,  # type: ignore[arg-type]  # normalised to text by the validator
+            data=data,  # type: ignore[arg-type]  # a dict: validated once, as part of the event
+        )
+    except ValidationError as exc:
+        raise _rejected(exc) from None
+
+
+def _extras(**fields: object) -> dict[str, object]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def access_decision(
+    *,
+    principal: str,
+    action: str,
+    resource: str,
+    zone: str,
+    decision: Literal["allow", "deny"],
+    reason: str,
+    policy_version: str | None = None,
+    grant_id: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/access",
+    **refs: object,
+) -> AuditEvent:
+    """An authorisation decision (allow or deny) for ``principal`` doing ``action``."""
+    return new_event(
+        ACCESS_DECISION,
+        source=source,
+        principal=principal,
+        action=action,
+        resource=resource,
+        zone=zone,
+        decision=decision,
+        reason=reason,
+        policy_version=policy_version,
+        grant_id=grant_id,
+        at=at,
+        extra=refs,
+    )
+
+
+def session(
+    *,
+    principal: str,
+    zone: str,
+    resource: str,
+    action: Literal["open", "close"],
+    decision: Literal["allow", "deny"],
+    session_id: str,
+    reason: str | None = None,
+    auth_method: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/access",
+) -> AuditEvent:
+    """A client session opened or closed (audit level ``access``)."""
+    return new_event(
+        SESSION,
+        source=source,
+        principal=principal,
+        action=f"session.{action}",
+        resource=resource,
+        zone=zone,
+        decision=decision,
+        reason=reason,
+        at=at,
+        extra=_extras(session_id=session_id, auth_method=auth_method),
+    )
+
+
+def record_access(
+    *,
+    direction: Literal["produce", "consume"],
+    principal: str,
+    zone: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    content: bytes | None = None,
+    decision: Decision = "allow",
+    reason: str | None = None,
+    grant_id: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/zone",
+) -> AuditEvent:
+    """One record produced or consumed (audit level ``per-message``): offset and content hash."""
+    return new_event(
+        RECORD_PRODUCED if direction == "produce" else RECORD_CONSUMED,
+        source=source,
+        principal=principal,
+        action=direction,
+        resource=f"topic/{topic}",
+        zone=zone,
+        decision=decision,
+        reason=reason,
+        grant_id=grant_id,
+        at=at,
+        extra=_extras(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            content_hash=content_hash(content) if content is not None else None,
+        ),
+    )
+
+
+def record_accesses(
+    records: Iterable[tuple[int, int, bytes | None]],
+    *,
+    direction: Literal["produce", "consume"],
+    principal: str,
+    zone: str,
+    topic: str,
+    decision: Decision = "allow",
+    reason: str | None = None,
+    grant_id: str | None = None,
+    source: str = "/trustzones/zone",
+) -> list[AuditEvent]:
+    """``record_access`` for a batch of ``(partition, offset, content)`` records, stamped now.
+
+    The fields the batch shares are checked once; each event is a copy that differs only in
+    values made here (id, time, partition, offset, content hash), which is about three times
+    faster than building every event from scratch.
+    """
+    template = record_access(
+        direction=direction,
+        principal=principal,
+        zone=zone,
+        topic=topic,
+        partition=0,
+        offset=0,
+        decision=decision,
+        reason=reason,
+        grant_id=grant_id,
+        source=source,
+    )
+    out = []
+    for partition, offset, content in records:
+        for name, number in (("partition", partition), ("offset", offset)):
+            if type(number) is not int or not 0 <= number <= _MAX_INT:
+                raise AuditEventRejected(
+                    f"audit event refused: data.{name} must be an integer from 0 to 2**53 - 1"
+                )
+        data = template.data.model_copy()
+        extra = data.__pydantic_extra__
+        assert extra is not None  # the template has topic, partition and offset
+        extra["partition"] = partition
+        extra["offset"] = offset
+        if content is not None:
+            extra["content_hash"] = content_hash(content)
+        now_ns = _time.time_ns()
+        out.append(
+            template.model_copy(
+                update={"id": _uuid7(now_ns), "time": _format_ns(now_ns), "data": data}
+            )
+        )
+    return out
+
+
+def aggregate(
+    *,
+    principal: str,
+    zone: str,
+    topic: str,
+    action: Literal["produce", "consume"],
+    allowed: int,
+    denied: int,
+    window_start: datetime,
+    window_end: datetime,
+    at: datetime | None = None,
+    source: str = "/trustzones/zone",
+) -> AuditEvent:
+    """Counts for one principal, topic and action over a window (audit level ``aggregate``)."""
+    return new_event(
+        AGGREGATE,
+        source=source,
+        principal=principal,
+        action=action,
+        resource=f"topic/{topic}",
+        zone=zone,
+        decision="allow" if not denied else "deny",
+        at=at,
+        extra={
+            "topic": topic,
+            "count": allowed + denied,
+            "allowed": allowed,
+            "denied": denied,
+            "window_start": _utc_time(window_start),
+            "window_end": _utc_time(window_end),
+        },
+    )
+
+
+def flow_transfer(
+    *,
+    flow: str,
+    principal: str,
+    source_zone: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    destination_zone: str,
+    destination_topic: str,
+    outcome: Decision,
+    content: bytes | None = None,
+    destination_offset: int | None = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+) -> AuditEvent:
+    """A record moved (``allow``), refused (``deny``) or quarantined by a flow."""
+    return new_event(
+        FLOW_TRANSFER,
+        source=f"/trustzones/flows/{flow}",
+        principal=principal,
+        action="flow.transfer",
+        resource=f"topic/{destination_topic}",
+        zone=destination_zone,
+        decision=outcome,
+        reason=reason,
+        at=at,
+        extra=_extras(
+            flow=flow,
+            source_zone=source_zone,
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            destination_topic=destination_topic,
+            destination_offset=destination_offset,
+            content_hash=content_hash(content) if content is not None else None,
+        ),
+    )
+
+
+def quarantine(
+    *,
+    principal: str,
+    zone: str,
+    topic: str,
+    quarantine_topic: str,
+    partition: int,
+    offset: int,
+    reason: str,
+    content: bytes | None = None,
+    flow: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/flows",
+) -> AuditEvent:
+    """A record put into quarantine, with the reason (never the content)."""
+    return new_event(
+        QUARANTINE,
+        source=source,
+        principal=principal,
+        action="quarantine.add",
+        resource=f"topic/{topic}",
+        zone=zone,
+        decision="quarantine",
+        reason=reason,
+        at=at,
+        extra=_extras(
+            topic=topic,
+            quarantine_topic=quarantine_topic,
+            partition=partition,
+            offset=offset,
+            flow=flow,
+            content_hash=content_hash(content) if content is not None else None,
+        ),
+    )
+
+
+def quarantine_release(
+    *,
+    principal: str,
+    zone: str,
+    quarantine_topic: str,
+    partition: int,
+    offset: int,
+    approval_id: str,
+    destination_topic: str,
+    at: datetime | None = None,
+    source: str = "/trustzones/flows",
+) -> AuditEvent:
+    """A quarantined record released after approval ``approval_id``."""
+    return new_event(
+        QUARANTINE_RELEASE,
+        source=source,
+        principal=principal,
+        action="quarantine.release",
+        resource=f"topic/{quarantine_topic}",
+        zone=zone,
+        decision="allow",
+        at=at,
+        extra=_extras(
+            quarantine_topic=quarantine_topic,
+            partition=partition,
+            offset=offset,
+            approval_id=approval_id,
+            destination_topic=destination_topic,
+        ),
+    )
+
+
+def approval(
+    *,
+    approver: str,
+    request_id: str,
+    action: str,
+    resource: str,
+    zone: str,
+    decision: Literal["allow", "deny"],
+    reason: str | None = None,
+    requester: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/access",
+) -> AuditEvent:
+    """An approver approving (``allow``) or rejecting (``deny``) request ``request_id``."""
+    return new_event(
+        APPROVAL,
+        source=source,
+        principal=approver,
+        action=action,
+        resource=resource,
+        zone=zone,
+        decision=decision,
+        reason=reason,
+        at=at,
+        extra=_extras(request_id=request_id, requester=requester),
+    )
+
+
+def grant_change(
+    *,
+    actor: str,
+    grant_id: str,
+    grantee: str,
+    change: Literal["create", "revoke", "expire", "use"],
+    resource: str,
+    zone: str,
+    expires_at: datetime | None = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/access",
+) -> AuditEvent:
+    """A grant created, revoked, expired or used; ``actor`` made the change."""
+    return new_event(
+        GRANT_CHANGE,
+        source=source,
+        principal=actor,
+        action=f"grant.{change}",
+        resource=resource,
+        zone=zone,
+        decision="allow",
+        reason=reason,
+        grant_id=grant_id,
+        at=at,
+        extra=_extras(
+            grantee=grantee,
+            expires_at=_utc_time(expires_at) if expires_at is not None else None,
+        ),
+    )
+
+
+def config_change(
+    *,
+    actor: str,
+    config_hash: str,
+    policy_version: str,
+    change: str = "apply",
+    previous_config_hash: str | None = None,
+    zone: str = "*",
+    reason: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/config",
+) -> AuditEvent:
+    """A configuration change (``trustzones apply``); ``config_hash`` from content_hash()."""
+    return new_event(
+        CONFIG_CHANGE,
+        source=source,
+        principal=actor,
+        action=f"config.{change}",
+        resource="config/trustzones.yaml",
+        zone=zone,
+        decision="allow",
+        reason=reason,
+        policy_version=policy_version,
+        at=at,
+        extra=_extras(config_hash=config_hash, previous_config_hash=previous_config_hash),
+    )
+
+
+def key_operation(
+    *,
+    principal: str,
+    zone: str,
+    key_id: str,
+    operation: str,
+    decision: Literal["allow", "deny"],
+    reason: str | None = None,
+    at: datetime | None = None,
+    source: str = "/trustzones/keys",
+) -> AuditEvent:
+    """A key operation (rotate, unwrap, access) in ``zone`` on key ``key_id``."""
+    return new_event(
+        KEY_OPERATION,
+        source=source,
+        principal=principal,
+        action=f"key.{operation}",
+        resource=f"key/{key_id}",
+        zone=zone,
+        decision=decision,
+        reason=reason,
+        at=at,
+        extra={"key_id": key_id},
+    )
+
+
+@runtime_checkable
+class AuditSink(Protocol):
+    """Where the other parts send audit events.
+
+    ``record`` returns only once the event is durably appended; if it raises (always an
+    :class:`~trustzones.errors.AuditError`), the caller must treat the action as failed and
+    not carry it out: no audit, no action. ``record_many`` appends a batch atomically (all or
+    nothing), in order; use it on hot paths (per-message audit) to share one commit.
+
+    The product's implementation is :class:`~trustzones.audit.AuditLog`. There is
+    deliberately no no-op sink.
+    """
+
+    def record(self, event: AuditEvent) -> None: ...
+
+    def record_many(self, events: Sequence[AuditEvent]) -> None: ...

@@ -1,0 +1,60 @@
+"""Kafka's murmur2 key partitioner: our implementation, librdkafka's and a real producer agree."""
+
+from __future__ import annotations
+
+import random
+
+import confluent_kafka
+import pytest
+
+from kafka_fixtures import BackendFactory
+from trustzones.streams._partition import murmur2, partition_for
+from trustzones.streams.base import NewRecord
+
+# Apache Kafka, clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java, testMurmur2.
+KAFKA_VECTORS = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+@pytest.mark.parametrize(("data", "expected"), KAFKA_VECTORS.items())
+def test_murmur2_matches_kafkas_test_vectors(data: bytes, expected: int) -> None:
+    assert murmur2(data) == expected
+
+
+def _keys(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    keys = [b"", b"\x00", b"\xff" * 3, b"\x80\x81\x82\x83\x84"]
+    keys += [rng.randbytes(rng.randrange(0, 41)) for _ in range(n)]
+    return keys
+
+
+def test_partition_for_agrees_with_librdkafka_for_many_keys() -> None:
+    # confluent_kafka.murmur2 is librdkafka's Java-compatible partitioner, a second
+    # implementation written independently of ours.
+    for key in _keys(5000, seed=8):
+        for n in (1, 2, 3, 7, 12, 50, 1000):
+            assert partition_for(key, n) == confluent_kafka.murmur2(key, n), (key, n)
+
+
+def test_partition_for_needs_a_partition() -> None:
+    with pytest.raises(ValueError, match="at least one partition"):
+        partition_for(b"k", 0)
+
+
+@pytest.mark.kafka
+def test_the_kafka_producer_places_keys_where_partition_for_says(
+    kafka_backend: BackendFactory,
+) -> None:
+    backend = kafka_backend()
+    backend.ensure_topic("keys", partitions=13)
+    keys = _keys(3000, seed=9)
+    positions = backend.produce("keys", [NewRecord(key=k, value=b"") for k in keys])
+    placed = [p.partition for p in positions]
+    assert placed == [partition_for(k, 13) for k in keys]
+    assert set(placed) == set(range(13))
