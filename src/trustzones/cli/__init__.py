@@ -68,6 +68,34 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     st = CliState(config_path=config_path, verbose=verbose)
     ctx.obj = st
     ctx.call_on_close(st.close)
+    if ctx.invoked_subcommand == "audit" and st.path.exists():
+        _audit_defaults(ctx, st)
+
+
+def _audit_defaults(ctx: click.Context, st: object) -> None:
+    """Point the audit commands at the workspace's log and keys, and let them check that the
+    reader is an authenticated principal holding the ``auditor`` role."""
+    from trustzones.cli._audit import AUDITOR_CHECK
+    from trustzones.cli._context import CliState
+
+    assert isinstance(st, CliState)
+    cfg = st.config()
+    paths = {
+        "db": str(cfg.audit_dir / "audit.db"),
+        "key": str(cfg.state_dir / "audit.key"),
+        "public_key": str(cfg.state_dir / "audit.pub"),
+    }
+    commands = ("tail", "search", "verify", "prove", "check-proof", "checkpoint")
+    ctx.default_map = {"audit": dict.fromkeys(commands, paths)}
+
+    def auditor(principal: str, _operation: str) -> bool:
+        spec = cfg.principals.get(principal)
+        if spec is None or "auditor" not in spec.roles:
+            return False
+        st.workspace().access.identity(principal)  # --as is an authenticated identity
+        return True
+
+    ctx.meta[AUDITOR_CHECK] = auditor
 
 
 _register(cli)

@@ -55,6 +55,7 @@ def init(directory: Path, example: str, force: bool) -> None:
     written = _copy_tree(src, directory)
     config = Config.from_yaml(cfg)
     with Workspace(config) as ws:
+        written += ws.audit.provision()
         written += ws.keys.provision()
         written += ws.access.provision_example_credentials()
         ws.ensure_topics()

@@ -52,8 +52,12 @@ def quarantine_topic(flow: FlowSpec) -> str:
 
 
 def position_key(zone: str, topic: str) -> str:
-    """How a flow names its source topic in the destination's offset store."""
-    return f"{zone}/{topic}"
+    """How a flow names its source topic in the destination's offset store.
+
+    A legal Kafka topic name (the Kafka backend keeps foreign offsets against an anchor topic
+    named after it). Topic names are unique across zones, so the pair cannot collide.
+    """
+    return f"{zone}.{topic}"
 
 
 @dataclass
@@ -85,7 +89,16 @@ class FlowStats:
 
 class FlowRunner:
     """Runs one flow. ``transformer`` applies the field transforms (bound to the source
-    zone's keys and token vault); :func:`trustzones.flows.open_flow` builds a ready one."""
+    zone's keys and token vault); :func:`trustzones.flows.open_flow` builds a ready one.
+
+    Scale-out: set ``partitions`` to a fixed subset of the source partitions before running,
+    and run one process per disjoint subset (for example instance ``i`` of ``n`` takes
+    ``range(i, count, n)``). Each subset gets its own transactional ids, so the instances do
+    not fence each other, and a restarted instance fences its own zombie.
+    """
+
+    partitions: tuple[int, ...] | None = None
+    _cursor: tuple[dict[int, int], dict[int, int]] | None = None  # (position, quarantine position)
 
     def __init__(
         self,
@@ -154,7 +167,16 @@ class FlowRunner:
         src = self.ws.backend(self.source_zone)
         dst = self.dest_backend()
         stored = dst.committed_offsets(self.group, self.position_key)
-        return {p: stored.get(p, 0) for p in range(src.partition_count(self.source_topic))}
+        parts = self.partitions
+        if parts is None:
+            parts = tuple(range(src.partition_count(self.source_topic)))
+        return {p: stored.get(p, 0) for p in parts}
+
+    def _txn_id(self) -> str:
+        """This instance's transactional id: one per fixed partition subset."""
+        if self.partitions is None:
+            return self.group
+        return f"{self.group}.p{'-'.join(str(p) for p in sorted(self.partitions))}"
 
     def lag(self) -> int:
         ends = self.ws.backend(self.source_zone).end_offsets(self.source_topic)
@@ -241,7 +263,10 @@ class FlowRunner:
         ``scan=False`` skips only the DLP scan (a release a human approved); the destination
         schema and classification checks always apply.
         """
-        prepared = [self._prepare(v) for v in values]
+        # One vault transaction for the new tokens of the whole batch, committed here,
+        # before any record that carries one can be written (step 4 comes after this).
+        with self._transformer.batch():
+            prepared = [self._prepare(v) for v in values]
         pending = [i for i, p in enumerate(prepared) if not isinstance(p, Outcome)]
         scans = (
             self._scanner.scan_records([prepared[i] for i in pending])
@@ -265,22 +290,30 @@ class FlowRunner:
         self.ws.authorize(self.spec.principal, "write", self.dest_topic)
         src = self.ws.backend(self.source_zone)
         dst = self.dest_backend()
-        pos = self.positions()
-        qpos = src.committed_offsets(self.qgroup, self.source_topic)
+        # The stored positions are read once per runner, then carried forward from its own
+        # commits (a remote offset store costs round trips per read); any failure drops them.
+        cursor = self._cursor
+        self._cursor = None
+        if cursor is None:
+            cursor = (self.positions(), src.committed_offsets(self.qgroup, self.source_topic))
+        pos, qpos = cursor
         records: list[Record] = []
-        for p, o in pos.items():
+        for p, at in pos.items():
             if len(records) >= max_records:
                 break
-            records += src.fetch(self.source_topic, p, o, max_records=max_records - len(records))
+            records += src.fetch(self.source_topic, p, at, max_records=max_records - len(records))
         stats = FlowStats()
         if not records:
             stats.lag = 0
+            self._cursor = cursor
             return stats
         delivered: list[NewRecord] = []
         quarantined: list[NewRecord] = []
         new_pos = dict(pos)
         blocked: Record | None = None
+        done: list[tuple[Record, Outcome]] = []
         for r, o in zip(records, self.decide_many([r.value for r in records]), strict=True):
+            done.append((r, o))
             new_pos[r.partition] = r.offset + 1
             stats.read += 1
             if o.kind == "deliver":
@@ -293,16 +326,20 @@ class FlowRunner:
             if o.findings and self.spec.dlp.action == "block":
                 blocked = r
                 break
+        # Audit before anything takes effect (a failure to record stops the batch).
+        self._audit_transfers(done)
         # Step 3: quarantine (source zone) first, with its progress.
         if quarantined:
-            with src.transaction(f"{self.group}.quarantine") as tx:
+            with src.transaction(f"{self._txn_id()}.quarantine") as tx:
                 tx.produce(self.quarantine_topic, quarantined)
                 tx.store_offsets(self.qgroup, self.source_topic, new_pos)
+            qpos = {**qpos, **new_pos}
         # Step 4: output and source position together (destination zone).
-        with dst.transaction(self.group) as tx:
+        with dst.transaction(self._txn_id()) as tx:
             if delivered:
                 tx.produce(self.dest_topic, delivered)
             tx.store_offsets(self.group, self.position_key, new_pos)
+        self._cursor = (new_pos, qpos)
         stats.delivered = len(delivered)
         stats.batches = 1
         self._emit(
@@ -376,6 +413,26 @@ class FlowRunner:
                 ("tz.quarantined_at", str(int(time.time() * 1000)).encode()),
             ),
         )
+
+    def _audit_transfers(self, done: list[tuple[Record, Outcome]]) -> None:
+        """Per-record transfer events where the source zone audits per message."""
+        zone = self.ws.config.zones[self.source_zone]
+        if zone.controls.audit_level != "per-message" or not done:
+            return
+        from trustzones.audit.events import flow_transfer
+
+        events = [
+            flow_transfer(
+                flow=self.name, principal=self.spec.principal, source_zone=self.source_zone,
+                source_topic=self.source_topic, source_partition=r.partition,
+                source_offset=r.offset, destination_zone=self.dest_zone,
+                destination_topic=self.dest_topic,
+                outcome="allow" if o.kind == "deliver" else "quarantine", content=r.value,
+                reason=None if o.kind == "deliver" else o.reason[:200],
+            )
+            for r, o in done
+        ]
+        self.ws.audit.log().append_many(events)
 
     def _emit(self, action: str, data: dict[str, Any]) -> None:
         if self._on_event is not None:

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from pydantic import SecretStr
+
 from trustzones.access import Identity
 from trustzones.config import CONFIG_FILENAME, Config
 from trustzones.config.model import EmbeddedBackend as EmbeddedSettings
@@ -31,6 +33,7 @@ from trustzones.errors import AccessDenied, AuthenticationFailed, RecordRejected
 from trustzones.streams import Backend, EmbeddedBackend, NewRecord, Record, RecordPosition
 from trustzones.streams.base import StartFrom
 from trustzones.zone._access import WorkspaceAccess
+from trustzones.zone._audit import WorkspaceAudit
 from trustzones.zone._authz import Action, Authorizer, Decision, utcnow
 from trustzones.zone._ingress import TokenBucket, TopicValidator
 from trustzones.zone._keys import WorkspaceKeys
@@ -77,6 +80,7 @@ class Workspace:
         self._backends: dict[tuple[str, str], Backend] = {}
         self._keys: WorkspaceKeys | None = None
         self.event_sinks: list[Callable[[str, dict[str, Any]], None]] = []
+        self._audit: WorkspaceAudit | None = None
         self._validators: dict[str, TopicValidator] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
@@ -102,6 +106,9 @@ class Workspace:
         if self._access is not None:
             self._access.close()
             self._access = None
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
 
     @property
     def access(self) -> WorkspaceAccess:
@@ -110,8 +117,19 @@ class Workspace:
             self._access = WorkspaceAccess(self.config, emit=self.emit, clock=self.clock)
         return self._access
 
+    @property
+    def audit(self) -> WorkspaceAudit:
+        """The audit zone's log writer (created by ``trustzones init``)."""
+        if self._audit is None:
+            self._audit = WorkspaceAudit(self.config)
+        return self._audit
+
     def emit(self, action: str, data: dict[str, Any]) -> None:
-        """Hand an event (references and hashes only, never values) to the audit sinks."""
+        """Record an event (references and hashes only, never values) in the audit zone.
+
+        Raises when it cannot be recorded, so that the action it describes does not happen.
+        """
+        self.audit.record(action, data)
         for sink in self.event_sinks:
             sink(action, data)
 
@@ -136,17 +154,55 @@ class Workspace:
         if b is not None:
             return b
         spec = self.config.zones[zone]
-        cipher = None
-        if spec.controls.encryption_at_rest:
-            ring = self.keys.ring(acting)
-            cipher = ring.cipher(zone) if acting == zone else ring.wrap_only(zone)
-        if isinstance(spec.backend, EmbeddedSettings):
+        settings = spec.backend
+        if isinstance(settings, EmbeddedSettings):
+            cipher = None
+            if spec.controls.encryption_at_rest:
+                ring = self.keys.ring(acting)
+                cipher = ring.cipher(zone) if acting == zone else ring.wrap_only(zone)
             path = self.config.data_dir(zone) / f"{zone}.db"
             b = EmbeddedBackend(zone, path, cipher=cipher)
         else:
-            raise StreamError(
-                f"zone {zone!r} uses the kafka backend, which this build cannot open yet."
-            )
+            # Kafka: a dedicated cluster (empty prefix) or a virtual cluster on a shared one
+            # (topics, groups and transactional ids under ``prefix``, isolated by ACLs). Records
+            # are stored as produced: Kafka assigns the offset only once a record is written, so
+            # a cipher cannot bind it as AAD; the broker's ACLs keep the zones apart instead. No
+            # cipher also means nothing differs by ``acting_for``: one connection serves both.
+            b = self._backends.get((zone, zone))
+            if b is None:
+                from trustzones.streams._kafka import KafkaBackend
+
+                password = settings.password
+                if password is None and settings.password_env:
+                    value = os.environ.get(settings.password_env)
+                    if value is None:
+                        raise StreamError(
+                            f"zone {zone!r}: the Kafka password is read from the environment "
+                            f"variable {settings.password_env!r}, which is not set. Export it "
+                            "before running."
+                        )
+                    password = SecretStr(value)
+                if password is None:
+                    raise StreamError(
+                        f"zone {zone!r}: the Kafka backend needs a password for "
+                        f"{settings.username!r}: set backend.password_env (recommended) or "
+                        "backend.password in trustzones.yaml."
+                    )
+                ca = settings.ssl_ca_location
+                b = KafkaBackend(
+                    zone,
+                    bootstrap=settings.bootstrap,
+                    username=settings.username,
+                    password=password,
+                    prefix=settings.prefix,
+                    security_protocol=settings.security_protocol,
+                    sasl_mechanism=settings.sasl_mechanism,
+                    client_config={"ssl.ca.location": ca} if ca else {},
+                )
+                b.open()
+                self._backends[(zone, zone)] = b
+            self._backends[(zone, acting)] = b
+            return b
         b.open()
         self._backends[(zone, acting)] = b
         return b
@@ -243,7 +299,45 @@ class Workspace:
             good.append(NewRecord(value=value, key=key, headers=lineage))
         if good:
             result.accepted = self.backend(zone.name).produce(topic, good)
+            self._audit_records(
+                "produce", name, zone.name, topic, result.accepted, [r.value for r in good]
+            )
         return result
+
+    def _audit_records(
+        self,
+        direction: str,
+        principal: str,
+        zone: str,
+        topic: str,
+        positions: Sequence[RecordPosition | Record],
+        values: Sequence[bytes],
+    ) -> None:
+        """Audit what moved, at the zone's audit level: each record (``per-message``, with
+        its offset and a content hash) or one event per batch with a count."""
+        if not positions:
+            return
+        if self.config.zones[zone].controls.audit_level == "per-message":
+            self.audit.record_records(
+                direction,
+                principal=principal,
+                zone=zone,
+                topic=topic,
+                records=[
+                    (p.partition, p.offset, v) for p, v in zip(positions, values, strict=True)
+                ],
+            )
+        else:
+            self.emit(
+                f"zone.{direction}",
+                {
+                    "principal": principal,
+                    "zone": zone,
+                    "resource": f"{zone}/{topic}",
+                    "action": direction,
+                    "count": len(positions),
+                },
+            )
 
     # -- consume --------------------------------------------------------------------------
     def consumer(
@@ -273,7 +367,13 @@ class ZoneConsumer:
 
     def poll(self, max_records: int = 500) -> list[Record]:
         self._ws.authorize(self.principal, "read", self.topic)
-        return self._inner.poll(max_records)
+        records = self._inner.poll(max_records)
+        name = self.principal if isinstance(self.principal, str) else self.principal.principal
+        zone = self._ws.config.topics[self.topic].zone
+        self._ws._audit_records(
+            "consume", name, zone, self.topic, records, [r.value for r in records]
+        )
+        return records
 
     def commit(self) -> None:
         self._inner.commit()

@@ -1,0 +1,185 @@
+"""The workspace's audit zone: every event the parts emit, appended to the tamper-evident log.
+
+Layout: the log is ``<audit.data_dir>/audit.db`` (its own SQLite file: the audit zone); its
+Ed25519 signing key is ``.trustzones/audit.key`` (mode 0600, outside every audited zone) and
+the public verifier key ``.trustzones/audit.pub`` is what a third party needs to check a proof.
+
+The parts hand events to :meth:`Workspace.emit` as ``(kind, data)``; this module turns them
+into CloudEvents (type ``io.trustzones.<kind>``) under the audit part's contract: strings are
+references or short reasons, anything else that is not an integer or a boolean is reduced to
+a digest. An event that cannot be recorded raises, so the action it describes does not go on
+(fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from trustzones.audit import AuditLog, NoteSigner, content_hash
+from trustzones.audit.events import AuditEvent, new_event, record_accesses
+from trustzones.audit.notes import write_key_files
+from trustzones.config import Config
+from trustzones.errors import AuditError
+
+__all__ = ["WorkspaceAudit"]
+
+_REF = re.compile(r"^[A-Za-z0-9._:/@+=,-]{1,200}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_LONG_HEX = re.compile(r"[0-9a-fA-F]{24,}")
+_STANDARD = (
+    "principal",
+    "action",
+    "resource",
+    "zone",
+    "decision",
+    "reason",
+    "policy_version",
+    "grant_id",
+)
+
+
+def _extra_value(value: Any) -> Any:
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, str):
+        if _HEX64.match(value):  # a definition hash is already a digest
+            return "sha256:" + value
+        if _LONG_HEX.search(value) or not _REF.match(value):
+            return content_hash(value.encode())
+        return value
+    if isinstance(value, list | tuple):
+        items = [_extra_value(v) for v in value][:64]
+        return [v for v in items if v is not None]
+    if isinstance(value, Mapping):
+        return [f"{k}:{v}" for k, v in value.items()][:64]
+    return None
+
+
+class WorkspaceAudit:
+    """Appends the workspace's events to its audit log (opened on first use)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.db = config.audit_dir / "audit.db"
+        self.key_path = config.state_dir / "audit.key"
+        self.public_key_path = config.state_dir / "audit.pub"
+        self._log: AuditLog | None = None
+
+    @property
+    def origin(self) -> str:
+        return self.config.file.audit.origin or f"trustzones/{self.config.file.name}"
+
+    def provision(self) -> list[Path]:
+        """Create the signing key pair and the log (idempotent). Returns the files written."""
+        written: list[Path] = []
+        if not self.key_path.exists():
+            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            write_key_files(NoteSigner.generate(self.origin), self.key_path, self.public_key_path)
+            written += [self.key_path, self.public_key_path]
+        self.log()
+        written.append(self.db)
+        return written
+
+    def log(self) -> AuditLog:
+        if self._log is None:
+            if not self.key_path.exists():
+                raise AuditError(
+                    f"the audit signing key {self.key_path} is missing, so nothing can be "
+                    "audited and nothing may happen; run `trustzones init` to create a workspace"
+                )
+            self.db.parent.mkdir(parents=True, exist_ok=True)
+            self._log = AuditLog.open(
+                self.db,
+                signer=NoteSigner.from_file(self.key_path),
+                checkpoint_interval=self.config.file.audit.checkpoint_every,
+            )
+        return self._log
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- events ---------------------------------------------------------------------------
+    def event(self, kind: str, data: Mapping[str, Any]) -> AuditEvent:
+        d = dict(data)
+        resource = str(
+            d.get("resource")
+            or d.get("flow")
+            or d.get("subject")
+            or d.get("topic")
+            or d.get("zone")
+            or kind
+        )
+        zone = str(d.get("zone") or resource.split("/")[0])
+        decision = d.get("decision")
+        if decision not in ("allow", "deny", "quarantine"):
+            decision = "allow" if d.get("allowed", True) else "deny"
+        principal = str(
+            d.get("principal")
+            or d.get("approver")
+            or d.get("requester")
+            or d.get("acting_zone")
+            or "trustzones"
+        )
+        reason = d.get("reason")
+        extra = {}
+        for k, v in d.items():
+            if k in _STANDARD or k in ("allowed", "type", "time", "subject"):
+                continue
+            name = re.sub(r"[^a-z0-9_]", "_", str(k).lower())[:64] or "field"
+            value = _extra_value(v)
+            if value is not None:
+                extra[
+                    name
+                    if not name.endswith("_hash") or str(value).startswith("sha256:")
+                    else name + "_ref"
+                ] = value
+        return new_event(
+            "io.trustzones." + re.sub(r"[^a-z0-9_.-]", "_", kind.lower()),
+            source="/trustzones/" + kind.split(".")[0],
+            principal=principal if _REF.match(principal) else content_hash(principal.encode()),
+            action=str(d.get("action") or kind.split(".")[-1])[:64],
+            resource=resource if _REF.match(resource) else content_hash(resource.encode()),
+            zone=zone if _REF.match(zone) else "unknown",
+            decision=decision,
+            reason=str(reason)[:200] if reason else None,
+            policy_version=str(d["policy_version"]) if d.get("policy_version") else None,
+            grant_id=str(d["grant_id"]) if d.get("grant_id") else None,
+            extra=extra,
+        )
+
+    def record(self, kind: str, data: Mapping[str, Any]) -> None:
+        try:
+            self.log().append(self.event(kind, data))
+        except AuditError:
+            raise
+        except Exception as exc:  # fail closed: an unrecorded action does not go on
+            raise AuditError(f"could not record a {kind} event in the audit log: {exc}") from exc
+
+    def record_records(
+        self,
+        direction: str,
+        *,
+        principal: str,
+        zone: str,
+        topic: str,
+        records: Iterable[tuple[int, int, bytes | None]],
+        grant_id: str | None = None,
+    ) -> None:
+        """Per-message audit: one event per record, with its position and content hash."""
+        events = record_accesses(
+            records,
+            direction=direction,  # type: ignore[arg-type]
+            principal=principal,
+            zone=zone,
+            topic=topic,
+            grant_id=grant_id,
+        )
+        if events:
+            self.log().append_many(events)
