@@ -86,7 +86,7 @@ def validate(st: CliState) -> None:
 def zones(st: CliState, as_json: bool) -> None:
     """A table of the zones, their topics and controls."""
     c = st.config()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for z in sorted(c.zones.values(), key=lambda z: -c.level(z.classification)):
         topics = [t.name for t in c.topics.values() if t.zone == z.name]
         ctl = z.controls

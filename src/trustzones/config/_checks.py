@@ -73,8 +73,8 @@ def check_all(m: ConfigFile, schemas: Mapping[str, Mapping[str, Any]], col: _Col
 
     for i, z in enumerate(m.zones):
         level_ok(("zones", i, "classification"), z.classification)
-    for i, p in enumerate(m.principals):
-        level_ok(("principals", i, "clearance"), p.clearance)
+    for i, pr in enumerate(m.principals):
+        level_ok(("principals", i, "clearance"), pr.clearance)
 
     for i, t in enumerate(m.topics):
         if t.zone not in zones:
@@ -102,8 +102,8 @@ def check_all(m: ConfigFile, schemas: Mapping[str, Mapping[str, Any]], col: _Col
     # -- grants -----------------------------------------------------------------------------
     for i, g in enumerate(m.grants):
         loc: tuple[str | int, ...] = ("grants", i)
-        p = principals.get(g.principal)
-        if p is None:
+        gp = principals.get(g.principal)
+        if gp is None:
             col.add(
                 (*loc, "principal"),
                 f"unknown principal {g.principal!r}.",
@@ -132,10 +132,15 @@ def check_all(m: ConfigFile, schemas: Mapping[str, Mapping[str, Any]], col: _Col
             continue
         target_zone = g.zone if g.zone is not None else topics[g.topic].zone  # type: ignore[index]
         zr = zone_rank(target_zone)
-        if p is not None and zr is not None and p.clearance in levels and levels[p.clearance] < zr:
+        if (
+            gp is not None
+            and zr is not None
+            and gp.clearance in levels
+            and levels[gp.clearance] < zr
+        ):
             col.add(
                 (*loc, "principal"),
-                f"principal {p.name!r} has clearance {p.clearance!r} but "
+                f"principal {gp.name!r} has clearance {gp.clearance!r} but "
                 f"is granted {g.topic or g.zone!r} in zone {target_zone!r} "
                 f"({zones[target_zone].classification}).",
                 f"raise the principal's clearance to {zones[target_zone].classification!r} "

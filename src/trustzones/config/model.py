@@ -133,7 +133,7 @@ class ZoneSpec(_Model):
     classification: str
     description: str = ""
     backend: BackendSettings = EmbeddedBackend()
-    controls: ZoneControls = ZoneControls()
+    controls: ZoneControls = Field(default_factory=ZoneControls)
     compliance: tuple[str, ...] = ()
 
 
@@ -195,9 +195,9 @@ class FlowSpec(_Model):
     description: str = ""
     transforms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     drop_unlisted: bool = False
-    dlp: DlpSettings = DlpSettings()
+    dlp: DlpSettings = Field(default_factory=DlpSettings)
     approvals: ApprovalRule = ApprovalRule(count=1)
-    watermark: WatermarkSettings = WatermarkSettings()
+    watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
     quarantine_topic: str | None = None
 
 
@@ -214,7 +214,7 @@ class ConfigFile(_Model):
     name: str = "trustzones"
     classifications: tuple[str, ...] = DEFAULT_CLASSIFICATIONS
     data_dir: str = "data"
-    audit: AuditSettings = AuditSettings()
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     policy_dir: str | None = None
     zones: tuple[ZoneSpec, ...] = ()
     topics: tuple[TopicSpec, ...] = ()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from trustzones.errors import AccessDenied, FlowError
 
@@ -127,7 +127,7 @@ class Approvals:
         if self._on_event is not None:
             self._on_event(action, {**req.to_dict(), **extra})
 
-    def _load(self, row: tuple[object, ...]) -> ApprovalRequest:
+    def _load(self, row: tuple[Any, ...]) -> ApprovalRequest:
         rid = str(row[0])
         approvers = tuple(
             str(a)
@@ -141,15 +141,15 @@ class Approvals:
             id=rid,
             kind=row[1],
             subject=str(row[2]),
-            target=str(row[3]),  # type: ignore[arg-type]
+            target=str(row[3]),
             zone=str(row[4]),
             requester=str(row[5]),
-            required=int(row[6]),  # type: ignore[call-overload]
+            required=int(row[6]),
             approver_role=None if row[7] is None else str(row[7]),
             reason=str(row[8]),
             created_ms=int(row[9]),
             status=row[10],
-            approvers=approvers,  # type: ignore[call-overload,arg-type]
+            approvers=approvers,
         )
 
     _COLS = (

@@ -65,7 +65,8 @@ class _Gen:
         if t == "object" or "properties" in node:
             return self.obj(node)
         if t == "array":
-            items = node.get("items") if isinstance(node.get("items"), Mapping) else {}
+            raw_items = node.get("items")
+            items: Mapping[str, Any] = raw_items if isinstance(raw_items, Mapping) else {}
             return [self.value(name, items, True) for _ in range(self.rng.randint(1, 3))]
         v = self.by_pii(str(pii), node) if pii else None
         if v is None:
@@ -176,8 +177,8 @@ class _Gen:
             lo = int(node.get("minimum", 0))
             return rng.randint(lo, max(lo, int(node.get("maximum", lo + 1000))))
         if t == "number":
-            lo = float(node.get("minimum", 0))
-            return round(rng.uniform(lo, float(node.get("maximum", lo + 1000))), 2)
+            low = float(node.get("minimum", 0))
+            return round(rng.uniform(low, float(node.get("maximum", low + 1000))), 2)
         if t == "boolean":
             return rng.random() < 0.5
         if t == "null":
@@ -203,7 +204,7 @@ def generate_events(
         raise TrustzonesError(f"topic {topic!r} has no schema to generate events from")
     synth = Synth(seed, disguise=0.0)
     gen = _Gen(synth, leak_rate, dt.datetime(2026, 11, 28, tzinfo=dt.UTC))
-    validator = jsonschema_rs.validator_for(schema)
+    validator = jsonschema_rs.validator_for(dict(schema))
     out = []
     for _ in range(count):
         for _attempt in range(20):

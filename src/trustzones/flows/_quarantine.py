@@ -171,8 +171,9 @@ class Quarantine:
                     f"releasing record {offset} of flow {self.flow!r} needs approval: request "
                     f"{req.id} waits for {req.describe_needs()}"
                 )
-        req = self.approvals.find("release", self.flow, target)
-        assert req is not None
+        found = self.approvals.find("release", self.flow, target)
+        assert found is not None
+        req = found
         outcome = self.runner.decide(r.value, scan=False)
         if outcome.kind != "deliver":
             raise FlowError(

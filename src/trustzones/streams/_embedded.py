@@ -28,9 +28,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from trustzones.errors import StreamError, TransactionAborted, UnknownTopic
+from trustzones.errors import KeyAccessDenied, StreamError, TransactionAborted, UnknownTopic
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import (
     Backend,
@@ -41,7 +41,7 @@ from trustzones.streams.base import (
     Transaction,
 )
 
-__all__ = ["EmbeddedBackend", "RecordCipher"]
+__all__ = ["EmbeddedBackend", "RecordCipher", "RecordSealer"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -65,10 +65,15 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 
-class RecordCipher(Protocol):
-    """Seals record bytes at rest; the keys part provides zone-key implementations."""
+class RecordSealer(Protocol):
+    """Seals record bytes at rest (a writer that may not read, such as a flow writing down)."""
 
     def seal(self, plaintext: bytes, *, aad: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class RecordCipher(RecordSealer, Protocol):
+    """Seals and opens record bytes; the keys part provides zone-key implementations."""
 
     def open(self, ciphertext: bytes, *, aad: bytes) -> bytes: ...
 
@@ -123,7 +128,7 @@ class EmbeddedBackend(Backend):
         zone: str,
         path: Path,
         *,
-        cipher: RecordCipher | None = None,
+        cipher: RecordSealer | None = None,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout_s: float = 30.0,
     ) -> None:
@@ -268,7 +273,7 @@ class EmbeddedBackend(Backend):
             ).fetchone()
             nexts[p] = int(row[0]) if row else 0
         now = int(time.time() * 1000)
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         positions = []
         for r, p in zip(records, targets, strict=True):
             off = nexts[p]
@@ -327,6 +332,10 @@ class EmbeddedBackend(Backend):
                 )
                 for off, key, value, headers, ts in rows
             ]
+        if not isinstance(cipher, RecordCipher):
+            raise KeyAccessDenied(
+                f"this process may write to zone {self.zone!r} but not read it (wrap-only keys)"
+            )
         out = []
         for off, _key, sealed, _headers, ts in rows:
             key, hbytes, value = _unpack_sealed(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from trustzones.audit import AuditLog, NoteSigner, content_hash
 from trustzones.audit.events import AuditEvent, new_event, record_accesses
@@ -117,9 +117,12 @@ class WorkspaceAudit:
             or kind
         )
         zone = str(d.get("zone") or resource.split("/")[0])
-        decision = d.get("decision")
-        if decision not in ("allow", "deny", "quarantine"):
-            decision = "allow" if d.get("allowed", True) else "deny"
+        raw = d.get("decision")
+        decision: Literal["allow", "deny", "quarantine"] = (
+            raw
+            if raw in ("allow", "deny", "quarantine")
+            else ("allow" if d.get("allowed", True) else "deny")
+        )
         principal = str(
             d.get("principal")
             or d.get("approver")

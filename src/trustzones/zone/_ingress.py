@@ -52,8 +52,9 @@ def _describe(err: jsonschema.ValidationError) -> str:
         # jsonschema's message names only the missing property.
         return err.message
     if v in ("additionalProperties", "unevaluatedProperties"):
+        schema = err.schema if isinstance(err.schema, Mapping) else {}
         extra = (
-            sorted(set(err.instance) - set(err.schema.get("properties") or {}))
+            sorted(set(err.instance) - set(schema.get("properties") or {}))
             if isinstance(err.instance, dict)
             else []
         )
@@ -61,7 +62,7 @@ def _describe(err: jsonschema.ValidationError) -> str:
     if v == "type":
         return f"must be of type {rule!r}"
     if v == "enum":
-        return f"must be one of {list(rule)!r}"
+        return f"must be one of {list(rule) if isinstance(rule, list | tuple) else rule!r}"
     if v in (
         "minimum",
         "maximum",
@@ -99,7 +100,7 @@ class TopicValidator:
             self._validator = cls(self.schema, format_checker=cls.FORMAT_CHECKER)
             # The compiled (Rust) validator decides; the Python one only explains a refusal,
             # with messages that never quote the value.
-            self._fast = jsonschema_rs.validator_for(self.schema)
+            self._fast = jsonschema_rs.validator_for(dict(self.schema))
             self.schema_version = hashlib.sha256(
                 orjson.dumps(self.schema, option=orjson.OPT_SORT_KEYS)
             ).hexdigest()[:12]
