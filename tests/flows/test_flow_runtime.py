@@ -298,3 +298,33 @@ def test_flow_needs_its_source_read_right(workspace_dir: Path) -> None:
         runner.spec = runner.spec.model_copy(update={"principal": "marketing-analyst"})
         with pytest.raises(AccessDenied, match=r"may not read 'payments\.transactions'"):
             runner.prepare()
+
+
+def test_a_deny_ends_the_request_and_a_new_one_can_be_opened(ws: Workspace) -> None:
+    store = open_approvals(ws)
+    h = ws.config.flow_hash(FLOW)
+    req = store.request(
+        "flow",
+        FLOW,
+        h,
+        zone="payments",
+        requester="payments-engineer",
+        required=1,
+        approver_role="security",
+    )
+    assert store.deny(req.id, approver="security-officer").status == "denied"
+    with pytest.raises(FlowError, match="already denied"):
+        store.approve(req.id, approver="security-officer")
+    assert not store.is_approved("flow", FLOW, h)
+    again = store.request(
+        "flow",
+        FLOW,
+        h,
+        zone="payments",
+        requester="payments-engineer",
+        required=1,
+        approver_role="security",
+    )
+    assert again.id != req.id and again.status == "pending"
+    assert store.approve(again.id, approver="security-officer").status == "approved"
+    assert store.is_approved("flow", FLOW, h)

@@ -250,40 +250,51 @@ class Approvals:
     def approve(
         self, request_id: str, *, approver: str, comment: str = "", now_ms: int | None = None
     ) -> ApprovalRequest:
-        req = self.get(request_id)
-        if req.status != "pending":
-            raise FlowError(f"request {request_id!r} is already {req.status}")
-        self._check_approver(req, approver)
-        at = now_ms if now_ms is not None else int(time.time() * 1000)
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO votes VALUES (?,?,?,?,?)",
-                (request_id, approver, "approve", comment, at),
-            )
-            n = db.execute(
-                "SELECT count(*) FROM votes WHERE request_id=? AND decision='approve'",
-                (request_id,),
-            ).fetchone()[0]
-            if n >= req.required:
-                db.execute("UPDATE requests SET status='approved' WHERE id=?", (request_id,))
-        out = self.get(request_id)
-        self._emit("approval.approved", out, approver=approver)
-        return out
+        """Record an approval; the request is approved once ``required`` distinct approvers
+        (never its requester, each holding its zone and role) have approved."""
+        return self._vote(request_id, approver, "approve", comment, now_ms)
 
     def deny(
         self, request_id: str, *, approver: str, comment: str = "", now_ms: int | None = None
     ) -> ApprovalRequest:
-        req = self.get(request_id)
-        if req.status != "pending":
-            raise FlowError(f"request {request_id!r} is already {req.status}")
-        self._check_approver(req, approver)
+        """Deny: one qualified approver's deny ends the request."""
+        return self._vote(request_id, approver, "deny", comment, now_ms)
+
+    def _vote(
+        self,
+        request_id: str,
+        approver: str,
+        decision: Literal["approve", "deny"],
+        comment: str,
+        now_ms: int | None,
+    ) -> ApprovalRequest:
+        self._check_approver(self.get(request_id), approver)
         at = now_ms if now_ms is not None else int(time.time() * 1000)
         with self._tx() as db:
+            # 1. Re-read the status inside the write lock: a concurrent vote may have ended it.
+            (status, required) = db.execute(
+                "SELECT status, required FROM requests WHERE id=?", (request_id,)
+            ).fetchone()
+            if status != "pending":
+                raise FlowError(f"request {request_id!r} is already {status}")
+            # 2. Record the vote (one per approver), 3. then settle the request.
             db.execute(
                 "INSERT OR REPLACE INTO votes VALUES (?,?,?,?,?)",
-                (request_id, approver, "deny", comment, at),
+                (request_id, approver, decision, comment, at),
             )
-            db.execute("UPDATE requests SET status='denied' WHERE id=?", (request_id,))
+            if decision == "deny":
+                db.execute("UPDATE requests SET status='denied' WHERE id=?", (request_id,))
+            else:
+                n = db.execute(
+                    "SELECT count(*) FROM votes WHERE request_id=? AND decision='approve'",
+                    (request_id,),
+                ).fetchone()[0]
+                if n >= required:
+                    db.execute("UPDATE requests SET status='approved' WHERE id=?", (request_id,))
         out = self.get(request_id)
-        self._emit("approval.denied", out, approver=approver)
+        self._emit(
+            "approval.approved" if decision == "approve" else "approval.denied",
+            out,
+            approver=approver,
+        )
         return out
