@@ -159,11 +159,9 @@ def _next(text: str, i: int, k: int = 0) -> str:
 
 def _in_longer_number(text: str, s: int, e: int, seps: str) -> bool:
     """True when ``[s, e)`` continues a number through one of ``seps`` on either side."""
-    before = _prev(text, s)
-    if before and before in seps and _prev(text, s, 2).isdigit():
+    if s >= 2 and text[s - 1] in seps and text[s - 2].isdigit():
         return True
-    after = _next(text, e)
-    return bool(after) and after in seps and _next(text, e, 1).isdigit()
+    return e + 1 < len(text) and text[e] in seps and text[e + 1].isdigit()
 
 
 # -- CREDIT_CARD -----------------------------------------------------------------------
@@ -173,16 +171,13 @@ _TO_SPACE = str.maketrans("-.()+", "     ")
 _STRIP_SEPARATORS = str.maketrans("", "", " -.()+")
 
 
+_RUN = re.compile(r"\d+", re.ASCII)
+
+
 def _digit_runs(text: str, s: int, e: int) -> list[tuple[int, int]]:
     """The runs of ASCII digits in ``text[s:e]`` as (start, end) pairs, for spans made of
     digits and the separators space, ``-``, ``.``, ``(``, ``)`` and ``+``."""
-    runs: list[tuple[int, int]] = []
-    pos = s
-    for part in text[s:e].translate(_TO_SPACE).split(" "):
-        if part:
-            runs.append((pos, pos + len(part)))
-        pos += len(part) + 1
-    return runs
+    return [m.span() for m in _RUN.finditer(text, s, e)]
 
 
 def _card_conf(digits: str, ctx: bool) -> float:
@@ -205,8 +200,10 @@ _IBAN_HEAD = re.compile(r"[A-Za-z]{2}\d{2} $")
 
 
 def _card(text: str, s: int, e: int, ctx: bool) -> list[Span]:
-    if _in_longer_number(text, s, e, "."):
-        return []
+    if (s >= 2 and text[s - 1] == "." and text[s - 2].isdigit()) or (
+        e + 1 < len(text) and text[e] == "." and text[e + 1].isdigit()
+    ):
+        return []  # part of a longer dotted number
     span = text[s:e]
     if span.isdigit():
         conf = _card_conf(span, ctx) if len(span) <= 19 else 0.0
@@ -215,27 +212,50 @@ def _card(text: str, s: int, e: int, ctx: bool) -> list[Span]:
         return []
     groups = _digit_runs(text, s, e)
     digits = [text[a:b] for a, b in groups]
+    last = len(groups) - 1
+    # The whole run first (the usual case: one card, grouped or not).
+    whole = "".join(digits)
+    if 13 <= len(whole) <= 19:
+        conf = _card_conf(whole, ctx)
+        if conf:
+            return [(groups[0][0], groups[last][1], conf)]
     sizes = tuple(b - a for a, b in groups)
 
     # The whole run, else the longest run of whole groups at its start or at its end (a
     # card followed by a CVV or a year, or preceded by a short number), then the rest of
     # the run the same way. Windows inside a long run (tracking numbers) are not tried.
     def solve(i: int, j: int) -> list[Span]:
-        windows = [(i, j)]
-        for k in range(1, j - i + 1):
-            windows += [(i, j - k), (i + k, j)]
-        for a, b in windows:
-            if not ctx and (a, b) != (0, last) and sizes[a : b + 1] not in _CARD_GROUPINGS:
+        for k in range(j - i + 1):
+            for a, b in ((i, j),) if k == 0 else ((i, j - k), (i + k, j)):
+                if not ctx and (a, b) != (0, last) and sizes[a : b + 1] not in _CARD_GROUPINGS:
+                    continue
+                d = "".join(digits[a : b + 1])
+                if 13 <= len(d) <= 19:
+                    conf = _card_conf(d, ctx)
+                    if conf:
+                        return [
+                            *solve(i, a - 1),
+                            (groups[a][0], groups[b][1], conf),
+                            *solve(b + 1, j),
+                        ]
+        return []
+
+    # The whole run failed above: go on with the shorter windows.
+    out: list[Span] = []
+    for k in range(1, last + 1):
+        for a, b in ((0, last - k), (k, last)):
+            if not ctx and sizes[a : b + 1] not in _CARD_GROUPINGS:
                 continue
             d = "".join(digits[a : b + 1])
             if 13 <= len(d) <= 19:
                 conf = _card_conf(d, ctx)
                 if conf:
-                    return [*solve(i, a - 1), (groups[a][0], groups[b][1], conf), *solve(b + 1, j)]
-        return []
-
-    last = len(groups) - 1
-    return solve(0, last)
+                    return [
+                        *solve(0, a - 1),
+                        (groups[a][0], groups[b][1], conf),
+                        *solve(b + 1, last),
+                    ]
+    return out
 
 
 # -- US_SSN ----------------------------------------------------------------------------
@@ -331,11 +351,13 @@ def _phone_intl(text: str, s: int, e: int, ctx: bool) -> list[Span]:
         return []
     want = 11 if digits[0] == "1" else 15
     # Drop trailing groups until the number is short enough (a year or CVV may follow).
-    while groups and sum(b - a for a, b in groups) > want:
+    lengths = [b - a for a, b in groups]
+    n = sum(lengths)
+    while groups and n > want:
         groups.pop()
+        n -= lengths.pop()
     if not groups:
         return []
-    n = sum(b - a for a, b in groups)
     if n < 8 or (digits[0] == "1" and n != 11):
         return []
     end = groups[-1][1]
@@ -347,7 +369,7 @@ def _phone_intl(text: str, s: int, e: int, ctx: bool) -> list[Span]:
 def _phone_nanp(text: str, s: int, e: int, ctx: bool) -> list[Span]:
     if _prev(text, s) == "+" or _in_longer_number(text, s, e, ".-"):
         return []
-    digits = "".join(ch for ch in text[s:e] if ch.isdigit())
+    digits = text[s:e].translate(_STRIP_SEPARATORS)  # the span is digits and separators
     if len(digits) == 11 and digits[0] != "1":
         return []
     area, exchange = digits[-10:-7], digits[-7:-4]
@@ -363,7 +385,7 @@ def _phone_loose(text: str, s: int, e: int, ctx: bool) -> list[Span]:
     if _prev(text, s).isalnum() or _in_longer_number(text, s, e, "."):
         return []
     span = text[s:e]
-    n = sum(ch.isdigit() for ch in span)
+    n = len(span.translate(_STRIP_SEPARATORS))  # the span is digits and separators
     if n < 7 or n > 15 or span.count("(") != span.count(")"):
         return []
     return [(s, e, 0.6)]

@@ -81,6 +81,13 @@ class Finding(NamedTuple):
 _Cand = tuple[float, int, int, int, str]
 #: A keyword pattern is given the id ``_KEYWORD_BASE + index``.
 _KEYWORD_BASE = 1 << 16
+#: (pattern id, field index, start, end) of one match; ``-1, -1`` for a keyword pattern.
+_Match = tuple[int, int, int, int]
+#: Per member of an object: its segments, the key's own candidates, the value's context.
+_Member = tuple[tuple[Segment, ...], tuple[_Cand, ...], frozenset[str]]
+_NOT_IP_ONLY = frozenset({NOT_IP})
+_CACHE_LIMIT = 16_384
+_inc = (1).__add__
 
 
 def hyperscan_available() -> bool:
@@ -95,11 +102,10 @@ def hyperscan_available() -> bool:
     return True
 
 
-def _starts(norms: list[str]) -> list[int]:
-    """Offsets of each text in the texts joined by one separator character."""
-    starts = list(accumulate(map(len, norms), lambda a, n: a + n + 1, initial=0))
-    starts.pop()
-    return starts
+def _ends(norms: list[str]) -> list[int]:
+    """Where each text ends (plus one, for its separator) in the texts joined by one
+    separator character: text ``i`` spans ``[ends[i - 1], ends[i] - 1)``."""
+    return list(accumulate(map(_inc, map(len, norms))))
 
 
 class _PythonEngine:
@@ -113,21 +119,21 @@ class _PythonEngine:
             for pid, rx, caseless in patterns
         ]
 
-    def matches(self, norms: list[str]) -> Iterable[tuple[int, int, int, int]]:
+    def matches(self, norms: list[str], big: str) -> list[_Match]:
+        out: list[_Match] = []
         if len(norms) == 1:
-            text = norms[0]
             for pid, rx in self._rx:
-                for m in rx.finditer(text):
-                    yield pid, 0, m.start(), m.end()
-            return
-        starts = _starts(norms)
-        big = "\x00".join(norms)
+                for m in rx.finditer(big):
+                    out.append((pid, 0, m.start(), m.end()))
+            return out
+        ends = _ends(norms)
         for pid, rx in self._rx:
             for m in rx.finditer(big):
                 s = m.start()
-                fi = bisect_right(starts, s) - 1
-                base = starts[fi]
-                yield pid, fi, s - base, m.end() - base
+                fi = bisect_right(ends, s)
+                base = ends[fi - 1] if fi else 0
+                out.append((pid, fi, s - base, m.end() - base))
+        return out
 
 
 class _HyperscanEngine:
@@ -164,7 +170,9 @@ class _HyperscanEngine:
             self._local.scratch = scratch
         return scratch
 
-    def matches(self, norms: list[str]) -> Iterable[tuple[int, int, int, int]]:
+    def matches(self, norms: list[str], big: str) -> list[_Match]:
+        if not big:
+            return []
         fired: set[tuple[int, int]] = set()
         add = fired.add
         if len(norms) == 1:
@@ -172,24 +180,40 @@ class _HyperscanEngine:
             def on_match(pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
                 add((pid, 0))
 
-            data = norms[0].encode("ascii")
         else:
-            starts = _starts(norms)
+            ends = _ends(norms)
 
             def on_match(pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-                add((pid, bisect_right(starts, _to - 1) - 1))
+                add((pid, bisect_right(ends, _to - 1)))
 
-            data = "\x00".join(norms).encode("ascii")
-        if not data:
-            return
-        self._db.scan(data, match_event_handler=on_match, scratch=self._scratch())
+        self._db.scan(big.encode("ascii"), match_event_handler=on_match, scratch=self._scratch())
+        out: list[_Match] = []
         rxs = self._rx
         for pid, fi in fired:
             if pid >= _KEYWORD_BASE:
-                yield pid, fi, -1, -1
+                out.append((pid, fi, -1, -1))
                 continue
             for m in rxs[pid].finditer(norms[fi]):
-                yield pid, fi, m.start(), m.end()
+                out.append((pid, fi, m.start(), m.end()))
+        return out
+
+
+class _Collected:
+    """The scannable texts of some records, in walk order, with what findings need."""
+
+    __slots__ = ("ctx_fields", "ctx_of", "key_hits", "rec_starts", "segs", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.segs: list[tuple[Segment, ...]] = []
+        #: Field index → its context, for the fields that have one.
+        self.ctx_of: dict[int, frozenset[str]] = {}
+        #: Entity type → indexes of the fields whose context names it.
+        self.ctx_fields: dict[str, list[int]] = {}
+        #: (walk position, record, segments, candidates) of keys that hold findings.
+        self.key_hits: list[tuple[int, int, tuple[Segment, ...], tuple[_Cand, ...]]] = []
+        #: Index of the first text of each record.
+        self.rec_starts: list[int] = []
 
 
 class Scanner:
@@ -218,6 +242,8 @@ class Scanner:
         self.min_confidence = min_confidence
         self.scan_keys = scan_keys
         self._rules = tuple(r for r in RULES if r.type in wanted)
+        #: Per rule index: its type, its validator, and whether it detects IP addresses.
+        self._rule_info = tuple((r.type, r.validate, r.type == "IP_ADDRESS") for r in self._rules)
         # Context-only rules run with ``re`` on the few fields that have context; the
         # engine runs the others, plus one keyword pattern per type that needs one.
         self._context_rules = tuple(
@@ -249,8 +275,7 @@ class Scanner:
         self._plain_key_cache: dict[str, tuple[_Cand, ...]] = {}
         self._paths: dict[tuple[Segment, ...], str] = {}
         self._plans: dict[
-            tuple[tuple[object, ...], frozenset[str]],
-            list[tuple[str, int, tuple[_Cand, ...], frozenset[str]]],
+            tuple[tuple[Segment, ...], tuple[object, ...], frozenset[str]], list[_Member]
         ] = {}
 
     @property
@@ -263,7 +288,7 @@ class Scanner:
     def scan_text(self, text: str, *, field: str | None = None) -> list[Finding]:
         """Scan one string. ``field`` is the name of the field it came from (context)."""
         ctx = field_context(field) if field else _EMPTY
-        found = self._detect([text], [ctx], {t: [0] for t in ctx} if ctx else {})
+        found = self._detect([text], {0: ctx} if ctx else {}, {t: [0] for t in ctx})
         return [Finding(c[4], "", c[1], c[2], round(c[0], 2)) for c in found.get(0, ())]
 
     def scan_record(self, obj: object) -> list[Finding]:
@@ -272,60 +297,74 @@ class Scanner:
 
     def scan_records(self, objs: Sequence[object]) -> list[list[Finding]]:
         """Scan several records in one pass; returns the findings of each, in order."""
-        w = _Walk(self)
-        for i, obj in enumerate(objs):
-            w.record = i
-            w.walk(obj, (), _EMPTY)
-        found = self._detect(w.texts, w.ctxs, w.ctx_fields) if w.texts else {}
+        c = self._collect(objs)
+        texts = c.texts
+        found = self._detect(texts, c.ctx_of, c.ctx_fields) if texts else {}
         results: list[list[Finding]] = [[] for _ in objs]
-        if not found and not w.key_hits:
+        key_hits = c.key_hits
+        if not found and not key_hits:
             return results
-        hidden = frozenset(segs for _, _, segs, _ in w.key_hits)
+        segs_of = c.segs
+        rec_starts = c.rec_starts
+        single = len(objs) == 1
+        new = tuple.__new__
+        if not key_hits:
+            # The usual case: fields in walk order, paths from the (bounded) cache.
+            paths = self._paths
+            out = results[0]
+            for fi, cands in found.items():
+                segs = segs_of[fi]
+                path = paths.get(segs)
+                if path is None:
+                    path = render_path(segs, _NO_HIDDEN)
+                    if len(paths) < _CACHE_LIMIT:
+                        paths[segs] = path
+                if not single:
+                    out = results[bisect_right(rec_starts, fi) - 1]
+                for conf, s, e, _ri, type_ in cands:
+                    out.append(new(Finding, (type_, path, s, e, round(conf, 2), False)))
+            return results
+        hidden = frozenset(segs for _, _, segs, _ in key_hits)
         # (walk position, 0 for a key / 1 for a value, record, segments, candidates): sorted,
         # this is the order of the walk, a key before the values under it.
         items: list[tuple[int, int, int, tuple[Segment, ...], Sequence[_Cand]]] = [
-            (fi, 1, w.records[fi], w.segs[fi], cands) for fi, cands in found.items()
+            (fi, 1, bisect_right(rec_starts, fi) - 1, segs_of[fi], cands)
+            for fi, cands in found.items()
         ]
-        if w.key_hits:
-            items += [(pos, 0, rec, segs, cands) for pos, rec, segs, cands in w.key_hits]
-            items.sort(key=lambda it: (it[0], it[1]))
-        paths = self._paths
-        for _pos, is_value, rec, segs, cands in items:
-            if hidden:
-                path = render_path(segs, hidden)
-            else:
-                path = paths.get(segs)  # type: ignore[assignment]
-                if path is None:
-                    path = render_path(segs, hidden)
-                    if len(paths) < 16_384:
-                        paths[segs] = path
+        items += [(pos, 0, rec, segs, cands) for pos, rec, segs, cands in key_hits]
+        items.sort(key=lambda it: (it[0], it[1]))
+        for _pos, is_value, rec, segs, some in items:
+            path = render_path(segs, hidden)
             out = results[rec]
             in_key = not is_value
-            for conf, s, e, _ri, type_ in cands:
-                out.append(Finding(type_, path, s, e, round(conf, 2), in_key))
+            for conf, s, e, _ri, type_ in some:
+                out.append(new(Finding, (type_, path, s, e, round(conf, 2), in_key)))
         return results
 
     # -- internals -----------------------------------------------------------------
 
     def _member_plan(
-        self, keys: tuple[object, ...], inherited: frozenset[str]
-    ) -> list[tuple[str, int, tuple[_Cand, ...], frozenset[str]]]:
-        """Per member of an object with these keys: key, position, the key's own findings
-        and the context of the value. Objects of one schema share keys, so this is cached
-        (bounded) by the key tuple and the inherited context."""
-        cache_key = (keys, inherited)
-        plan = self._plans.get(cache_key)
-        if plan is not None:
-            return plan
-        plan = []
+        self,
+        segments: tuple[Segment, ...],
+        keys: tuple[object, ...],
+        inherited: frozenset[str],
+        cache: bool,
+    ) -> list[_Member]:
+        """Per member of an object with these keys under ``segments``: the member's
+        segments, the key's own findings and the context of the value. Objects of one
+        schema share keys and sit at the same paths, so this is cached (bounded), unless a
+        key on the way holds a finding (``cache`` false) or one of these keys does."""
+        plan: list[_Member] = []
         for pos, raw in enumerate(keys):
             key = raw if type(raw) is str else str(raw)
             hits = self._key_findings(key, inherited) if self.scan_keys else ()
             kctx = field_context(key)
-            plan.append((key, pos, hits, (inherited | kctx) if inherited else kctx))
+            plan.append(
+                (segments + ((key, pos),), hits, (inherited | kctx) if inherited else kctx)  # noqa: RUF005
+            )
         # A key that holds a finding is sensitive: never keep it in a cache.
-        if len(self._plans) < 16_384 and not any(m[2] for m in plan):
-            self._plans[cache_key] = plan
+        if cache and len(self._plans) < _CACHE_LIMIT and not any(m[1] for m in plan):
+            self._plans[(segments, keys, inherited)] = plan
         return plan
 
     def _key_findings(self, key: str, ctx: frozenset[str]) -> tuple[_Cand, ...]:
@@ -345,44 +384,157 @@ class Scanner:
         return hit
 
     def _detect_key(self, key: str, ctx: frozenset[str]) -> tuple[_Cand, ...]:
-        found = self._detect([key], [ctx], {t: [0] for t in ctx} if ctx else {})
+        found = self._detect([key], {0: ctx} if ctx else {}, {t: [0] for t in ctx})
         return tuple(found.get(0, ()))
 
+    def _collect(self, objs: Sequence[object]) -> _Collected:
+        """Walk the records: every string, number and (for findings) key, with its path."""
+        c = _Collected()
+        texts = c.texts
+        segs = c.segs
+        ctx_of = c.ctx_of
+        ctx_fields = c.ctx_fields
+        key_hits = c.key_hits
+        texts_append = texts.append
+        segs_append = segs.append
+        plans = self._plans
+        member_plan = self._member_plan
+        record = 0
+
+        def add(text: str, seg: tuple[Segment, ...], ctx: frozenset[str]) -> None:
+            if ctx:
+                fi = len(texts)
+                ctx_of[fi] = ctx
+                for t in ctx:
+                    got = ctx_fields.get(t)
+                    if got is None:
+                        ctx_fields[t] = [fi]
+                    else:
+                        got.append(fi)
+            texts_append(text)
+            segs_append(seg)
+
+        def walk_dict(
+            d: dict[object, object], segments: tuple[Segment, ...], ctx: frozenset[str], cache: bool
+        ) -> None:
+            inherited = ctx - _NOT_IP_ONLY if NOT_IP in ctx else ctx
+            keys = tuple(d)
+            plan = plans.get((segments, keys, inherited)) if cache else None
+            if plan is None:
+                plan = member_plan(segments, keys, inherited, cache)
+            for (seg, hits, kctx), value in zip(plan, d.values()):  # noqa: B905 (same length)
+                vt = type(value)
+                if hits:
+                    key_hits.append((len(texts), record, seg, hits))
+                    if vt is str:
+                        add(value, seg, kctx)  # type: ignore[arg-type]
+                    elif vt is not bool and value is not None:
+                        walk(value, seg, kctx, False)
+                elif vt is str:
+                    if kctx:
+                        add(value, seg, kctx)  # type: ignore[arg-type]
+                    else:
+                        texts_append(value)  # type: ignore[arg-type]
+                        segs_append(seg)
+                elif vt is dict:
+                    walk_dict(value, seg, kctx, cache)  # type: ignore[arg-type]
+                elif vt is not bool and value is not None:
+                    walk(value, seg, kctx, cache)
+
+        def walk(
+            obj: object, segments: tuple[Segment, ...], ctx: frozenset[str], cache: bool
+        ) -> None:
+            t = type(obj)
+            if t is dict:
+                walk_dict(obj, segments, ctx, cache)  # type: ignore[arg-type]
+            elif t is str:
+                add(obj, segments, ctx)  # type: ignore[arg-type]
+            elif t is list or t is tuple:
+                for i, value in enumerate(cast("list[object]", obj)):
+                    walk(value, segments + (i,), ctx, cache)  # noqa: RUF005
+            elif t is int:
+                add(str(obj), segments, ctx)
+            elif t is float:
+                add(repr(obj), segments, ctx)
+            elif obj is None or isinstance(obj, bool):
+                return
+            elif isinstance(obj, str):
+                walk(str(obj), segments, ctx, cache)
+            elif isinstance(obj, int):
+                walk(int(obj), segments, ctx, cache)
+            elif isinstance(obj, float):
+                walk(float(obj), segments, ctx, cache)
+            elif isinstance(obj, dict):
+                walk(dict(obj), segments, ctx, cache)
+            elif isinstance(obj, list | tuple):
+                walk(list(obj), segments, ctx, cache)
+            else:
+                where = render_path(segments, _NO_HIDDEN) or "the top level"
+                raise TypeError(
+                    f"cannot scan a {t.__name__} at {where}: records must be decoded JSON "
+                    "(dict, list, str, int, float, bool, None)"
+                )
+
+        rec_starts_append = c.rec_starts.append
+        for record, obj in enumerate(objs):  # noqa: B007 (read by the closures)
+            rec_starts_append(len(texts))
+            if type(obj) is dict:
+                walk_dict(obj, (), _EMPTY, True)
+            else:
+                walk(obj, (), _EMPTY, True)
+        return c
+
     def _detect(
-        self, texts: list[str], ctxs: list[frozenset[str]], ctx_fields: dict[str, list[int]]
+        self,
+        texts: list[str],
+        ctx_of: dict[int, frozenset[str]],
+        ctx_fields: dict[str, list[int]],
     ) -> dict[int, list[_Cand]]:
-        """Candidates kept per field index, with offsets into the original strings."""
-        maps: list[list[int] | None] | None = None
-        if all(map(str.isascii, texts)):
+        """Candidates kept per field index (in field order), offsets into the original
+        strings. ``ctx_of`` holds the context of the fields that have one."""
+        maps: dict[int, list[int]] | None = None
+        big = texts[0] if len(texts) == 1 else "\x00".join(texts)
+        if big.isascii():
             norms = texts  # ASCII needs no normalisation
         else:
             norms = []
-            maps = []
-            for t in texts:
+            maps = {}
+            for fi, t in enumerate(texts):
                 norm, imap = normalize(t)
                 norms.append(norm)
-                maps.append(imap)
-        rules = self._rules
+                if imap is not None:
+                    maps[fi] = imap
+            big = norms[0] if len(norms) == 1 else "\x00".join(norms)
+        info = self._rule_info
         minconf = self.min_confidence
         cands: dict[int, list[_Cand]] = {}
         keyword_fields: dict[str, set[int]] = {}
-        for pid, fi, s, e in self._engine.matches(norms):
+        get_ctx = ctx_of.get
+        for pid, fi, s, e in self._engine.matches(norms, big):
             if pid >= _KEYWORD_BASE:
                 keyword_fields.setdefault(self._keyword_types[pid - _KEYWORD_BASE], set()).add(fi)
                 continue
-            rule = rules[pid]
-            ctx = ctxs[fi]
-            if ctx and rule.type == "IP_ADDRESS" and NOT_IP in ctx:
+            type_, validate, is_ip = info[pid]
+            ctx = get_ctx(fi)
+            if ctx is None:
+                has_ctx = False
+            elif is_ip and NOT_IP in ctx:
                 continue
-            for cs, ce, conf in rule.validate(norms[fi], s, e, rule.type in ctx):
+            else:
+                has_ctx = type_ in ctx
+            for cs, ce, conf in validate(norms[fi], s, e, has_ctx):
                 if conf >= minconf:
-                    cands.setdefault(fi, []).append((conf, cs, ce, pid, rule.type))
+                    got = cands.get(fi)
+                    if got is None:
+                        cands[fi] = [(conf, cs, ce, pid, type_)]
+                    else:
+                        got.append((conf, cs, ce, pid, type_))
         for ri, rule, rx in self._context_rules:
             targets = set(ctx_fields.get(rule.type, ()))
             if rule.keywords:
                 targets |= keyword_fields.get(rule.type, set())
             for fi in sorted(targets):
-                ctx = ctxs[fi]
+                ctx = get_ctx(fi, _EMPTY)
                 if rule.type == "IP_ADDRESS" and NOT_IP in ctx:
                     continue
                 text = norms[fi]
@@ -393,110 +545,15 @@ class Scanner:
         out: dict[int, list[_Cand]] = {}
         for fi in sorted(cands):
             chosen = _resolve(cands[fi])
-            imap = maps[fi] if maps is not None else None
-            if imap is not None:
-                chosen = [(c, *to_original(imap, s, e), ri, t) for c, s, e, ri, t in chosen]
+            if maps:
+                imap = maps.get(fi)
+                if imap is not None:
+                    chosen = [(c, *to_original(imap, s, e), ri, t) for c, s, e, ri, t in chosen]
             out[fi] = chosen
         return out
 
 
-class _Walk:
-    """Collects the scannable texts of records with their paths and field context."""
-
-    __slots__ = (
-        "ctx_fields",
-        "ctxs",
-        "key_hits",
-        "record",
-        "records",
-        "scanner",
-        "segs",
-        "texts",
-    )
-
-    def __init__(self, scanner: Scanner) -> None:
-        self.scanner = scanner
-        self.record = 0
-        self.texts: list[str] = []
-        self.segs: list[tuple[Segment, ...]] = []
-        self.ctxs: list[frozenset[str]] = []
-        self.records: list[int] = []
-        self.ctx_fields: dict[str, list[int]] = {}
-        #: (walk position, record, segments, candidates) of keys that hold findings.
-        self.key_hits: list[tuple[int, int, tuple[Segment, ...], tuple[_Cand, ...]]] = []
-
-    def walk(self, obj: object, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
-        texts_append = self.texts.append
-        segs_append = self.segs.append
-        ctxs_append = self.ctxs.append
-        records_append = self.records.append
-        ctx_fields = self.ctx_fields
-        texts = self.texts
-        record = self.record
-        member_plan = self.scanner._member_plan
-        key_hits = self.key_hits
-
-        def add(text: str, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
-            if ctx:
-                for t in ctx:
-                    ctx_fields.setdefault(t, []).append(len(texts))
-            texts_append(text)
-            segs_append(segments)
-            ctxs_append(ctx)
-            records_append(record)
-
-        def walk(obj: object, segments: tuple[Segment, ...], ctx: frozenset[str]) -> None:
-            t = type(obj)
-            if t is dict:
-                inherited = ctx - {NOT_IP} if NOT_IP in ctx else ctx
-                d = cast("dict[object, object]", obj)
-                for (key, pos, hits, kctx), value in zip(
-                    member_plan(tuple(d), inherited), d.values(), strict=True
-                ):
-                    # Concatenation is 3x faster than unpacking into a new tuple here.
-                    seg = segments + ((key, pos),)  # noqa: RUF005
-                    if hits:
-                        key_hits.append((len(texts), record, seg, hits))
-                    vt = type(value)
-                    if vt is str:
-                        if kctx:
-                            add(value, seg, kctx)  # type: ignore[arg-type]
-                        else:
-                            texts_append(value)  # type: ignore[arg-type]
-                            segs_append(seg)
-                            ctxs_append(kctx)
-                            records_append(record)
-                    elif vt is not bool and value is not None:
-                        walk(value, seg, kctx)
-            elif t is str:
-                add(obj, segments, ctx)  # type: ignore[arg-type]
-            elif t is list or t is tuple:
-                for i, value in enumerate(cast("list[object]", obj)):
-                    walk(value, segments + (i,), ctx)  # noqa: RUF005
-            elif t is int:
-                add(str(obj), segments, ctx)
-            elif t is float:
-                add(repr(obj), segments, ctx)
-            elif obj is None or isinstance(obj, bool):
-                return
-            elif isinstance(obj, str):
-                walk(str(obj), segments, ctx)
-            elif isinstance(obj, int):
-                walk(int(obj), segments, ctx)
-            elif isinstance(obj, float):
-                walk(float(obj), segments, ctx)
-            elif isinstance(obj, dict):
-                walk(dict(obj), segments, ctx)
-            elif isinstance(obj, list | tuple):
-                walk(list(obj), segments, ctx)
-            else:
-                where = render_path(segments, frozenset()) or "the top level"
-                raise TypeError(
-                    f"cannot scan a {t.__name__} at {where}: records must be decoded JSON "
-                    "(dict, list, str, int, float, bool, None)"
-                )
-
-        walk(obj, segments, ctx)
+_NO_HIDDEN: frozenset[tuple[Segment, ...]] = frozenset()
 
 
 def _resolve(cands: list[_Cand]) -> list[_Cand]:

@@ -36,6 +36,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes
@@ -450,7 +451,7 @@ def parse_field_path(path: str) -> tuple[PlanSegment, ...]:
 class TransformPlan:
     """A validated, parsed ``{field path: spec}`` plan, ready to apply to many records."""
 
-    __slots__ = ("steps",)
+    __slots__ = ("_simple", "steps")
 
     def __init__(
         self,
@@ -459,6 +460,12 @@ class TransformPlan:
         ],
     ) -> None:
         self.steps = steps
+        #: Per step, the concrete path of its field when every segment is a key (no index,
+        #: no ``[*]``): such steps are applied in place on copies made once per record.
+        self._simple: list[str | None] = [
+            ".".join(segs) if all(type(seg) is str for seg in segs) else None  # type: ignore[arg-type]
+            for _, _, segs, _ in steps
+        ]
 
     @classmethod
     def compile(cls, plan: Mapping[str, TransformSpec | Mapping[str, Any]]) -> TransformPlan:
@@ -517,6 +524,13 @@ class Transformer:
 
     # -- public ------------------------------------------------------------------------
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Group the new tokens of many :meth:`apply_record` calls into one vault
+        transaction (see :meth:`TokenVault.batch`): every token handed out inside the block
+        is stored once the block exits normally; write the records that carry them after
+        that. Without a vault this does nothing."""
+        return self._vault.batch() if self._vault is not None else nullcontext()
+
     def apply(
         self, spec: TransformSpec, value: object, *, path: str = "", subject: object = None
     ) -> object:
@@ -548,11 +562,19 @@ class Transformer:
         applied to many records."""
         compiled = plan if isinstance(plan, TransformPlan) else TransformPlan.compile(plan)
         result = record
-        for path, spec, segs, subject_segs in compiled.steps:
+        # Containers this call copied (by id, holding them alive): only these are changed in
+        # place, so the input is never modified and each container is copied at most once.
+        owned: dict[int, object] = {}
+        for (path, spec, segs, subject_segs), where in zip(
+            compiled.steps, compiled._simple, strict=True
+        ):
             subject = None
             if subject_segs is not None:
                 assert isinstance(spec, DateShiftSpec)
                 subject = self._subject(spec, subject_segs, record, path)
+            if where is not None:
+                result = self._apply_simple(result, spec, segs, where, path, subject, owned)
+                continue
 
             def fn(
                 value: object, where: str, spec: TransformSpec = spec, subject: object = subject
@@ -560,6 +582,49 @@ class Transformer:
                 return self.apply(spec, value, path=where, subject=subject)
 
             result = _apply_at(result, segs, 0, fn, path, "")
+            owned.clear()  # the generic walk shares containers; copy afresh after it
+        return result
+
+    def _apply_simple(
+        self,
+        result: object,
+        spec: TransformSpec,
+        segs: tuple[PlanSegment, ...],
+        where: str,
+        path: str,
+        subject: object,
+        owned: dict[int, object],
+    ) -> object:
+        """One step whose path is all keys: what :func:`_apply_at` does (same errors, same
+        result), with copy-on-write shared between the steps of one record."""
+        node = result
+        last = len(segs) - 1
+        for i, seg in enumerate(segs):
+            if node is None:
+                return result
+            if type(node) is not dict and not isinstance(node, dict):
+                at = ".".join(segs[:i]) or "the top"  # type: ignore[arg-type]
+                raise _fail("transform", path, f"expected an object at {at}, got {_kind(node)}")
+            if seg not in node:
+                return result
+            if i < last:
+                node = node[seg]
+        r = self.apply(spec, node[segs[last]], path=where, subject=subject)  # type: ignore[index]
+        if id(result) not in owned:
+            result = dict(result)  # type: ignore[call-overload]
+            owned[id(result)] = result
+        parent: dict[object, object] = result  # type: ignore[assignment]
+        for seg in segs[:last]:
+            child = parent[seg]
+            if id(child) not in owned:
+                child = dict(child)  # type: ignore[call-overload]
+                owned[id(child)] = child
+                parent[seg] = child
+            parent = child  # type: ignore[assignment]
+        if r is SUPPRESSED:
+            del parent[segs[last]]
+        else:
+            parent[segs[last]] = r
         return result
 
     def decrypt_fpe(self, spec: EncryptFpeSpec, value: object, *, path: str = "") -> str:

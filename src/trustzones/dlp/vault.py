@@ -17,7 +17,12 @@ the same domain always gets the same token (joins keep working downstream).
 
 ``detokenize`` does not check who is asking: callers authorise first (a grant in the source
 zone). One vault object may be shared by threads; several processes may open the same file
-(WAL mode, ``BEGIN IMMEDIATE`` around each new token).
+(WAL mode, ``BEGIN IMMEDIATE`` around each new token, or around each :meth:`TokenVault.batch`).
+
+Speed: tokens already issued are remembered in a bounded LRU keyed by the keyed fingerprint
+(never by the clear value), and :meth:`TokenVault.batch` groups the new tokens of many
+records into one transaction, committed when the block ends: a flow commits its batch's
+tokens before it writes any record that carries one.
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ import hmac
 import os
 import secrets
 import sqlite3
-import string
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -110,6 +116,36 @@ def _preserving_token(value: str, keep_last: int) -> str:
     )
 
 
+_DIGITS = "0123456789"
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: The kind of each ASCII character: ``d`` digit, ``l`` lower case, ``u`` upper case letter,
+#: ``.`` anything else (kept as it is).
+_ASCII_KIND = str.maketrans(
+    {
+        chr(c): "d"
+        if chr(c) in _DIGITS
+        else "l"
+        if chr(c) in _LOWER
+        else "u"
+        if chr(c) in _UPPER
+        else "."
+        for c in range(128)
+    }
+)
+_ONLY_DIGITS = str.maketrans({chr(c): None for c in range(128) if chr(c) not in _DIGITS})
+#: Per kind: the alphabet, and the first random byte value rejected so that ``byte % len``
+#: stays uniform.
+_ALPHABETS = {"d": (_DIGITS, 250), "l": (_LOWER, 234), "u": (_UPPER, 234)}
+
+
+def _kind(ch: str) -> str:
+    """The kind (see ``_ASCII_KIND``) of a letter or digit in any script."""
+    if ch.isdigit() or ch.isnumeric():
+        return "d"
+    return "l" if ch.islower() else "u"
+
+
 def _one_preserving_token(value: str, keep_last: int) -> str:
     """A random string shaped like ``value``: each digit and letter (any script) replaced by
     a random ASCII one of its kind (the last ``keep_last`` of them kept), everything else
@@ -117,40 +153,78 @@ def _one_preserving_token(value: str, keep_last: int) -> str:
     mistaken for a card number."""
     # Every letter and digit, in any script, is a position: a full-width digit left in
     # place would leak.
-    positions = [i for i, ch in enumerate(value) if ch.isalnum()]
-    random_positions = positions[: len(positions) - keep_last] if keep_last else positions
-    if len(random_positions) < MIN_RANDOM_CHARS:
+    if value.isascii():
+        kinds = value.translate(_ASCII_KIND)
+    else:
+        kinds = "".join(_kind(ch) if ch.isalnum() else "." for ch in value)
+    n_alnum = len(kinds) - kinds.count(".")
+    n_random = n_alnum - keep_last if keep_last else n_alnum
+    if n_random < MIN_RANDOM_CHARS:
         raise ValueError(
             f"a format-preserving token needs at least {MIN_RANDOM_CHARS} random letters or "
-            f"digits; this value has {len(random_positions)}"
+            f"digits; this value has {max(n_random, 0)}"
         )
     out = list(value)
-    for i in random_positions:
-        ch = value[i]
-        if ch.isdigit() or ch.isnumeric():
-            out[i] = secrets.choice(string.digits)
-        elif ch.islower():
-            out[i] = secrets.choice(string.ascii_lowercase)
-        else:
-            out[i] = secrets.choice(string.ascii_uppercase)
+    # One call to the CSPRNG per token; bytes that would bias the choice are skipped.
+    pool = secrets.token_bytes(n_random + 16)
+    k = 0
+    left = n_random
+    last_random = -1
+    for i, kind in enumerate(kinds):
+        if kind == ".":
+            continue
+        alphabet, limit = _ALPHABETS[kind]
+        while True:
+            if k == len(pool):
+                pool = secrets.token_bytes(16)
+                k = 0
+            b = pool[k]
+            k += 1
+            if b < limit:
+                break
+        out[i] = alphabet[b % len(alphabet)]
+        if kind == "d":
+            last_random = i
+        left -= 1
+        if not left:
+            break
     token = "".join(out)
-    digits = "".join(str(unicodedata.digit(ch)) for ch in token if ch.isdigit())
-    all_digits = len(digits) == sum(ch.isalnum() for ch in token)
+    if token.isascii():
+        digits = token.translate(_ONLY_DIGITS)
+    else:
+        digits = "".join(str(unicodedata.digit(ch)) for ch in token if ch.isdigit())
+    all_digits = len(digits) == n_alnum and kinds.count("d") == n_alnum
     if all_digits and 13 <= len(digits) <= 19 and luhn_valid(digits):
         # Change the last random digit so that the Luhn check fails.
-        i = next(i for i in reversed(random_positions) if value[i].isdigit())
-        out[i] = str((int(out[i]) + 1) % 10)
+        out[last_random] = str((int(out[last_random]) + 1) % 10)
         token = "".join(out)
     return token
 
 
 class TokenVault:
-    """Tokens and their sealed values in one SQLite file. Use as a context manager."""
+    """Tokens and their sealed values in one SQLite file. Use as a context manager.
 
-    def __init__(self, path: str | os.PathLike[str], *, cipher: VaultCipher) -> None:
+    ``cache_size`` bounds the in-memory LRU of issued tokens (keyed by fingerprint; 0
+    turns it off). Tokens never change once issued, so the cache stays right when other
+    processes add tokens to the same file.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, cipher: VaultCipher, cache_size: int = 65_536
+    ) -> None:
         self.path = Path(path)
         self._cipher = cipher
-        self._lock = threading.Lock()
+        # Re-entrant: a batch holds it from start to commit (see :meth:`batch`).
+        self._lock = threading.RLock()
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._hmacs: dict[bytes, Any] = {}
+        self._batch_depth = 0
+        self._in_tx = False
+        #: Tokens inserted by the open batch transaction, not yet committed.
+        self._pending: dict[tuple[str, bytes], str] = {}
+        #: Why the open batch can no longer commit (its tokens may be lost).
+        self._batch_error: str | None = None
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -196,6 +270,78 @@ class TokenVault:
             index_key, domain.encode() + b"\x00" + value.encode(), hashlib.sha256
         ).digest()
 
+    def _fingerprint(self, value: str, domain: str, index_key: bytes) -> bytes:
+        """:meth:`fingerprint`, with the keyed HMAC state computed once per key."""
+        base = self._hmacs.get(index_key)
+        if base is None:
+            base = hmac.new(index_key, digestmod=hashlib.sha256)
+            if len(self._hmacs) < 64:
+                self._hmacs[index_key] = base
+        h = base.copy()
+        h.update(domain.encode() + b"\x00" + value.encode())
+        return bytes(h.digest())
+
+    def _remember(self, ck: tuple[str, bytes], token: str) -> None:
+        if self._cache_size <= 0:
+            return
+        cache = self._cache
+        cache[ck] = token
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the new tokens made inside the block into one transaction, committed when
+        the block ends (rolled back when it raises).
+
+        Every token handed out inside the block is durable once the block has exited
+        normally; write records that carry them only after that. If the transaction cannot
+        commit, or a new token could not be stored, leaving the block raises
+        :class:`~trustzones.errors.TransformError` (fail closed: the tokens handed out may
+        not exist). The vault is held for this thread until the block ends (other threads
+        wait); the file's write lock is taken at the first new token and held to the end.
+        Blocks nest; the outermost one commits.
+        """
+        with self._lock:
+            self._batch_depth += 1
+            ok = False
+            try:
+                yield
+                ok = True
+            finally:
+                self._batch_depth -= 1
+                if self._batch_depth == 0:
+                    self._end_batch(commit=ok)
+
+    def _end_batch(self, *, commit: bool) -> None:
+        error, self._batch_error = self._batch_error, None
+        pending, self._pending = self._pending, {}
+        in_tx, self._in_tx = self._in_tx, False
+        if in_tx:
+            if commit and error is None:
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    error = f"commit failed ({type(exc).__name__})"
+                    self._rollback()
+            else:
+                self._rollback()
+        if error is not None:
+            if not commit:
+                return  # the block is raising already
+            raise TransformError(
+                f"token vault {self.path}: the new tokens of this batch could not be stored "
+                f"({error}); nothing that carries them may be written. Check the vault file "
+                "and run again."
+            )
+        if commit:
+            for ck, token in pending.items():
+                self._remember(ck, token)
+
+    def _rollback(self) -> None:
+        with suppress(sqlite3.Error):  # no transaction left to roll back
+            self._db.execute("ROLLBACK")
+
     def tokenize(
         self,
         value: str,
@@ -208,21 +354,28 @@ class TokenVault:
     ) -> str:
         """The token of ``value`` in ``domain``, created (random, or shaped like the value
         when ``format="preserve"``) and stored sealed on first use."""
-        fp = self.fingerprint(value, domain=domain, index_key=index_key)
+        fp = self._fingerprint(value, domain, index_key)
+        ck = (domain, fp)
         with self._lock:
+            token = self._cache.get(ck)
+            if token is not None:
+                self._cache.move_to_end(ck)
+                return token
+            if self._batch_depth:
+                token = self._pending.get(ck)
+                if token is not None:
+                    return token
             row = self._db.execute(
                 "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, fp)
             ).fetchone()
             if row is not None:
-                return str(row[0])
+                token = str(row[0])
+                self._remember(ck, token)
+                return token
+            if self._batch_depth:
+                return self._tokenize_in_batch(value, domain, fp, ck, format, prefix, keep_last)
             for _ in range(_MAX_TRIES):
-                if format == "preserve":
-                    try:
-                        token = _preserving_token(value, keep_last)
-                    except ValueError as exc:
-                        raise TransformError(f"domain {domain!r}: {exc}") from None
-                else:
-                    token = _random_token(prefix)
+                token = self._new_token(value, domain, format, prefix, keep_last)
                 sealed = self._cipher.seal(value.encode(), _aad(domain, token))
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -231,7 +384,9 @@ class TokenVault:
                     ).fetchone()
                     if row is not None:  # another process tokenized it meanwhile
                         self._db.execute("COMMIT")
-                        return str(row[0])
+                        token = str(row[0])
+                        self._remember(ck, token)
+                        return token
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO tokens VALUES (?, ?, ?, ?, ?)",
                         (domain, token, fp, sealed, time.time()),
@@ -241,8 +396,69 @@ class TokenVault:
                     self._db.execute("ROLLBACK")
                     raise
                 if cur.rowcount == 1:
+                    self._remember(ck, token)
                     return token
-        raise TransformError(
+        raise self._no_free_token(domain)
+
+    def _tokenize_in_batch(
+        self,
+        value: str,
+        domain: str,
+        fp: bytes,
+        ck: tuple[str, bytes],
+        format: TokenFormat,
+        prefix: str,
+        keep_last: int,
+    ) -> str:
+        """A new token inside the batch transaction (called with the lock held)."""
+        if self._batch_error is not None:
+            raise TransformError(f"domain {domain!r}: the token vault batch has failed")
+        try:
+            if not self._in_tx:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._in_tx = True
+                # Holding the write lock now: another process may have added it meanwhile.
+                row = self._db.execute(
+                    "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, fp)
+                ).fetchone()
+                if row is not None:
+                    token = str(row[0])
+                    self._remember(ck, token)
+                    return token
+            for _ in range(_MAX_TRIES):
+                token = self._new_token(value, domain, format, prefix, keep_last)
+                sealed = self._cipher.seal(value.encode(), _aad(domain, token))
+                # No other writer while we hold the write lock, and this fingerprint is not
+                # stored: only a clash of random tokens can make the insert a no-op.
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO tokens VALUES (?, ?, ?, ?, ?)",
+                    (domain, token, fp, sealed, time.time()),
+                )
+                if cur.rowcount == 1:
+                    self._pending[ck] = token
+                    return token
+        except sqlite3.Error as exc:
+            # The transaction may be gone with the tokens already handed out in it.
+            self._batch_error = f"{type(exc).__name__} while storing a token"
+            raise TransformError(
+                f"domain {domain!r}: the token vault could not store a new token "
+                f"({type(exc).__name__})"
+            ) from None
+        raise self._no_free_token(domain)
+
+    def _new_token(
+        self, value: str, domain: str, format: TokenFormat, prefix: str, keep_last: int
+    ) -> str:
+        if format == "preserve":
+            try:
+                return _preserving_token(value, keep_last)
+            except ValueError as exc:
+                raise TransformError(f"domain {domain!r}: {exc}") from None
+        return _random_token(prefix)
+
+    @staticmethod
+    def _no_free_token(domain: str) -> TransformError:
+        return TransformError(
             f"domain {domain!r}: no free token after {_MAX_TRIES} tries; the value has too "
             "few characters for a format-preserving token"
         )

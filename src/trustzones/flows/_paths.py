@@ -67,6 +67,48 @@ def _leaves(node: Any, spath: str, cpath: str) -> Iterator[tuple[str, str]]:
         yield spath, cpath
 
 
+def leaves_ok(doc: Any, problem: Callable[[str], str | None], limit: int) -> bool:
+    """True when ``problem`` is None for the schema path of every leaf that :func:`leaves`
+    yields, and no value is nested deeper than ``limit`` (the top level is depth 1, each
+    value one deeper than its container, as zone ingress counts it). False means: look
+    closer with :func:`leaves`. One walk, no concrete paths, stops at the first doubt."""
+    return _ok(doc, "", 1, problem, limit)
+
+
+def _ok(
+    node: Any, spath: str, depth: int, problem: Callable[[str], str | None], limit: int
+) -> bool:
+    if depth > limit:
+        return False
+    if isinstance(node, dict):
+        if not node:
+            return not spath or problem(spath) is None
+        deeper = depth + 1
+        for k, v in node.items():
+            p = f"{spath}.{k}" if spath else str(k)
+            tv = type(v)
+            if tv is str or tv is int or tv is float or tv is bool or v is None:
+                if deeper > limit or problem(p) is not None:
+                    return False
+            elif not _ok(v, p, deeper, problem, limit):
+                return False
+        return True
+    if isinstance(node, list):
+        if not node:
+            return not spath or problem(spath) is None
+        deeper = depth + 1
+        p = f"{spath}[*]"
+        for v in node:
+            tv = type(v)
+            if tv is str or tv is int or tv is float or tv is bool or v is None:
+                if deeper > limit or problem(p) is not None:
+                    return False
+            elif not _ok(v, p, deeper, problem, limit):
+                return False
+        return True
+    return problem(spath) is None
+
+
 def keep_only(doc: Any, allowed: set[str], prefix: str = "") -> Any:
     """A copy of ``doc`` without the fields whose schema path is not in ``allowed``."""
     if isinstance(doc, dict):

@@ -35,10 +35,11 @@ from trustzones.config.schema import SchemaField
 from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.errors import FlowError, RecordRejected, TransformError
-from trustzones.flows._paths import keep_only, leaves
+from trustzones.flows._paths import keep_only, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import NewRecord, Record
 from trustzones.zone import Workspace
+from trustzones.zone._ingress import MAX_DEPTH
 
 __all__ = ["FlowBlocked", "FlowRunner", "FlowStats", "Outcome", "quarantine_topic"]
 
@@ -220,7 +221,18 @@ class FlowRunner:
             return Outcome("quarantine", reason=f"transform failed: {exc}")
         if self.spec.drop_unlisted:
             out = keep_only(out, self._allowed)
-        # Destination enforcement (invariant 3, at run time).
+        # Destination enforcement (invariant 3, at run time). The usual case in one walk:
+        # every leaf allowed, size, depth and schema as the destination's validator decides
+        # them, without decoding the output again; any doubt takes the full path below,
+        # which alone says why a record is refused.
+        validator = self._dest_validator
+        if leaves_ok(out, self._path_problem, MAX_DEPTH):
+            encoded = orjson.dumps(out)
+            fast = getattr(validator, "_fast", None)
+            if len(encoded) <= validator.max_bytes and (
+                validator.schema is None or (fast is not None and fast.is_valid(out))
+            ):
+                return out
         for spath, cpath in leaves(out):
             problem = self._path_problem(spath)
             if problem is not None:
@@ -423,11 +435,16 @@ class FlowRunner:
 
         events = [
             flow_transfer(
-                flow=self.name, principal=self.spec.principal, source_zone=self.source_zone,
-                source_topic=self.source_topic, source_partition=r.partition,
-                source_offset=r.offset, destination_zone=self.dest_zone,
+                flow=self.name,
+                principal=self.spec.principal,
+                source_zone=self.source_zone,
+                source_topic=self.source_topic,
+                source_partition=r.partition,
+                source_offset=r.offset,
+                destination_zone=self.dest_zone,
                 destination_topic=self.dest_topic,
-                outcome="allow" if o.kind == "deliver" else "quarantine", content=r.value,
+                outcome="allow" if o.kind == "deliver" else "quarantine",
+                content=r.value,
                 reason=None if o.kind == "deliver" else o.reason[:200],
             )
             for r, o in done
