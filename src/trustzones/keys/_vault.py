@@ -29,8 +29,11 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-import hvac
-import hvac.exceptions
+try:
+    import hvac
+    import hvac.exceptions
+except ModuleNotFoundError:  # the vault extra is not installed
+    hvac = None
 
 from trustzones.errors import KeyAccessDenied
 
@@ -73,6 +76,10 @@ class VaultTransitKeystore(Keystore):
                 raise KeystoreError(
                     "the Vault keystore needs an address and a token: pass --vault-addr and "
                     "--vault-token (or TRUSTZONES_VAULT_ADDR / TRUSTZONES_VAULT_TOKEN)"
+                )
+            if hvac is None:
+                raise KeystoreError(
+                    "the Vault/OpenBao keystore needs hvac: pip install 'trustzones[vault]'"
                 )
             client = hvac.Client(url=url, token=token, timeout=timeout, verify=verify)
         if not 1 <= batch_size <= _MAX_BATCH:
