@@ -8,6 +8,9 @@ end of the session; if ``TRUSTZONES_KAFKA_STATE`` names a state file written by
 
 If no broker can be started the fixture fails the tests that need it: it never skips.
 
+Helpers: :func:`kafka_zones` moves the example workspace's zones onto these clusters
+(dedicated clusters or virtual clusters by prefix); :func:`approve` approves a flow.
+
 Per test: :func:`kafka_prefix` (a fresh virtual-cluster prefix, so each test has its own topics,
 groups and transactional ids), :func:`kafka_topic` / :func:`kafka_group` (fresh names), and
 :func:`kafka_backend` (a factory of opened ``KafkaBackend`` objects, closed after the test).
@@ -19,12 +22,13 @@ import importlib.util
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from trustzones.streams._kafka import KafkaBackend
@@ -171,3 +175,60 @@ def kafka_admin(kafka_clusters: list[KafkaCluster]) -> Callable[[int], KafkaAdmi
         return KafkaAdmin(connection(kafka_clusters[cluster]), timeout_s=20.0)
 
     return make
+
+
+# -- workspaces on Kafka ------------------------------------------------------------------
+Layout = Literal["dedicated", "virtual"]
+
+
+def kafka_zones(
+    workspace: Path,
+    clusters: Sequence[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    layout: Layout,
+    prefix: str,
+) -> dict[str, dict[str, Any]]:
+    """Point the zones of ``workspace/trustzones.yaml`` at Kafka; returns zone → backend.
+
+    ``dedicated``: payments on cluster 0, analytics on cluster 1 (``prefix`` only keeps tests
+    apart on the shared test clusters; pass ``""`` for a whole cluster per zone).
+    ``virtual``: both zones on cluster 0, as virtual clusters ``<prefix>payments.`` and
+    ``<prefix>analytics.``. Passwords come from environment variables (``password_env``).
+    """
+    path = workspace / "trustzones.yaml"
+    doc = yaml.safe_load(path.read_text())
+    backends: dict[str, dict[str, Any]] = {}
+    for i, zone in enumerate(doc["zones"]):
+        name = zone["name"]
+        index = i if layout == "dedicated" else 0
+        cluster = clusters[index]
+        env = f"TZ_TEST_KAFKA_{index}_PASSWORD"
+        monkeypatch.setenv(env, cluster.password)
+        backend = {
+            "type": "kafka",
+            "bootstrap": cluster.bootstrap,
+            "username": cluster.username,
+            "password_env": env,
+            "prefix": prefix if layout == "dedicated" else f"{prefix}{name}.",
+        }
+        zone["backend"] = backend
+        backends[name] = backend
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return backends
+
+
+def approve(ws: Any, flow: str = "payments-to-analytics") -> None:
+    """Approve the flow's current definition as the security officer (as an operator would)."""
+    from trustzones.errors import ApprovalRequired
+    from trustzones.flows import open_approvals, open_flow, require_approved
+
+    runner = open_flow(ws, flow)
+    try:
+        require_approved(ws, runner)
+    except ApprovalRequired:
+        store = open_approvals(ws)
+        (req,) = [r for r in store.list() if r.subject == flow]
+        store.approve(req.id, approver="security-officer")
+        store.close()
+    require_approved(ws, runner)

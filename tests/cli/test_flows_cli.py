@@ -122,3 +122,35 @@ def test_the_whole_story_from_the_command_line(tmp_path: Path) -> None:
 
     status = jsonl(tz("flows", "status", "--json", cwd=w).stdout)[0]
     assert status["approved"] is True and status["lag"] == 0
+
+
+def test_flows_scale_out_by_disjoint_partition_sets(tmp_path: Path) -> None:
+    w = tmp_path / "w"
+    assert tz("init", str(w), cwd=tmp_path).returncode == 0
+    tz(
+        "generate",
+        "payments.transactions",
+        "-n",
+        "90",
+        "--seed",
+        "9",
+        "--leak-rate",
+        "0",
+        "--as",
+        "payments-service",
+        cwd=w,
+    )
+    assert tz("flows", "run", "--once", cwd=w).returncode == 1  # opens the approval request
+    (req,) = jsonl(tz("approvals", "list", "--json", cwd=w).stdout)
+    assert (
+        tz("approvals", "approve", str(req["id"]), "--as", "security-officer", cwd=w).returncode
+        == 0
+    )
+    first = jsonl(tz("flows", "run", "--once", "--json", "--partitions", "0", cwd=w).stdout)[0]
+    rest = jsonl(tz("flows", "run", "--once", "--json", "--partitions", "1,2", cwd=w).stdout)[0]
+    assert 0 < first["read"] < 90
+    assert first["read"] + rest["read"] == 90
+    again = jsonl(tz("flows", "run", "--once", "--json", cwd=w).stdout)[0]
+    assert again["read"] == 0
+    bad = tz("flows", "run", "--once", "--partitions", "x", cwd=w)
+    assert bad.returncode == 2 and "--partitions" in bad.stderr

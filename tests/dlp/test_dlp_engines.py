@@ -143,3 +143,12 @@ def test_engines_agree_on_generated_records(record: object) -> None:
 @given(st.text(max_size=200))
 def test_engines_agree_on_arbitrary_unicode(text: str) -> None:
     assert HS.scan_text(text) == PY.scan_text(text)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(json_values, max_size=6))
+def test_a_batch_scans_like_its_records_one_by_one(records: list[object]) -> None:
+    # One pass over the batch must give each record exactly its own findings, paths
+    # included (a key that holds a finding in one record hides nothing in another).
+    for scanner in (HS, PY):
+        assert scanner.scan_records(records) == [scanner.scan_record(r) for r in records]

@@ -388,6 +388,75 @@ def test_apply_record_fails_closed_on_wrong_shape(t: Transformer) -> None:
         t.apply_record({"a": ["x", {"y": 1}]}, {"a[*]": {"type": "mask"}})
 
 
+def test_apply_record_copies_each_container_once_and_never_the_input(t: Transformer) -> None:
+    # Steps whose paths are all keys share one copy-on-write per record: the result is what
+    # applying the steps one at a time gives, the input is untouched, and the parts no step
+    # touches are shared, not copied.
+    untouched = {"deep": ["list"]}
+    record = {
+        "customer": {"email": "Ann@Example.com", "phone": "+1 415 555 0132", "name": "Ann"},
+        "card": {"number": "4111111111111111", "cvv": "123", "meta": untouched},
+        "other": untouched,
+    }
+    plan = {
+        "customer.email": {"type": "hash", "length": 16},
+        "customer.phone": {"type": "mask", "keep_last": 2},
+        "customer.name": {"type": "suppress"},
+        "card.cvv": {"type": "suppress"},
+        "card.missing.deeper": {"type": "mask"},
+    }
+    before = repr(record)
+    out = t.apply_record(record, plan)
+    one_by_one: object = record
+    for path, spec in plan.items():
+        one_by_one = t.apply_record(one_by_one, {path: spec})
+    assert out == one_by_one
+    assert repr(record) == before
+    assert isinstance(out, dict)
+    assert out["customer"] == {"email": out["customer"]["email"], "phone": "+* *** *** **32"}
+    assert out["card"] == {"number": "4111111111111111", "meta": untouched}
+    assert out["other"] is untouched and out["card"]["meta"] is untouched
+    assert out["customer"] is not record["customer"] and out is not record
+    # Nothing to do: the record itself comes back.
+    assert t.apply_record(record, {"nope.x": {"type": "mask"}}) is record
+
+
+def _mask_reference(
+    text: str, keep_first: int, keep_last: int, char: str, keep_separators: bool
+) -> str:
+    """A second, character-by-character implementation of masking."""
+    n = sum(1 for ch in text if ch.isalnum())
+    if keep_first + keep_last >= n:
+        keep_first = keep_last = 0
+    out = []
+    seen = 0
+    for ch in text:
+        if ch.isalnum():
+            out.append(ch if seen < keep_first or seen >= n - keep_last else char)
+            seen += 1
+        else:
+            out.append(ch if keep_separators else char)
+    return "".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30),
+    st.integers(0, 6),
+    st.integers(0, 6),
+    st.sampled_from("*#x"),
+    st.booleans(),
+)
+def test_mask_matches_a_character_by_character_reference(
+    text: str, keep_first: int, keep_last: int, char: str, keep_separators: bool
+) -> None:
+    spec = MaskSpec(
+        keep_first=keep_first, keep_last=keep_last, char=char, keep_separators=keep_separators
+    )
+    got = Transformer().apply(spec, text)
+    assert got == _mask_reference(text, keep_first, keep_last, char, keep_separators)
+
+
 def test_spec_models_are_frozen_and_strict() -> None:
     spec = parse_transform({"type": "mask", "keep_last": 4})
     assert isinstance(spec, MaskSpec)

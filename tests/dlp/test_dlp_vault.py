@@ -127,3 +127,176 @@ def test_preserving_tokens_of_19_digit_cards_hide_no_card_inside() -> None:
             token = _preserving_token(value, 3)
             assert scanner.scan_text(token) == []
             assert token[-3:] == value[-3:]
+
+
+# -- batches: one transaction for many new tokens ----------------------------------------
+
+
+def _stored(path: Path) -> set[str]:
+    """Tokens another connection sees committed in the file."""
+    db = sqlite3.connect(path)
+    try:
+        return {row[0] for row in db.execute("SELECT token FROM tokens")}
+    finally:
+        db.close()
+
+
+def test_batch_commits_new_tokens_when_the_block_ends(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with vault.batch():
+            a = vault.tokenize("alice", domain="d", index_key=INDEX)
+            assert vault.tokenize("alice", domain="d", index_key=INDEX) == a
+            with vault.batch():  # nested: only the outermost block commits
+                b = vault.tokenize("bob-123456", domain="d", index_key=INDEX, format="preserve")
+            assert _stored(path) == set()  # nothing durable before the block ends
+            assert vault.detokenize(b, domain="d") == "bob-123456"  # this connection sees it
+        assert _stored(path) == {a, b}
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        assert vault.tokenize("alice", domain="d", index_key=INDEX) == a
+        assert vault.detokenize(b, domain="d") == "bob-123456"
+
+
+def test_batch_that_raises_keeps_none_of_its_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        kept = vault.tokenize("kept", domain="d", index_key=INDEX)
+        with pytest.raises(RuntimeError, match="downstream failed"), vault.batch():
+            lost = vault.tokenize("lost", domain="d", index_key=INDEX)
+            raise RuntimeError("downstream failed")
+        assert _stored(path) == {kept}
+        with pytest.raises(UnknownToken):
+            vault.detokenize(lost, domain="d")
+        # The rolled-back token is not served from memory either.
+        again = vault.tokenize("lost", domain="d", index_key=INDEX)
+        assert again != lost
+        assert vault.detokenize(again, domain="d") == "lost"
+
+
+def test_batch_that_cannot_store_a_token_fails_when_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        vault._db.execute("PRAGMA busy_timeout=0")  # fail at once instead of waiting 30 s
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with pytest.raises(TransformError, match="could not be stored"), vault.batch():
+                with pytest.raises(TransformError, match="could not store a new token"):
+                    vault.tokenize("v1", domain="d", index_key=INDEX)
+                # The caller carried on (a flow quarantines that one record): the batch
+                # must still refuse to end as if its tokens were stored.
+                with pytest.raises(TransformError, match="batch has failed"):
+                    vault.tokenize("v2", domain="d", index_key=INDEX)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        vault._db.execute("PRAGMA busy_timeout=30000")
+        token = vault.tokenize("v1", domain="d", index_key=INDEX)
+        assert _stored(path) == {token}
+
+
+def test_batch_holds_other_threads_until_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    seen: list[str] = []
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with vault.batch():
+            token = vault.tokenize("shared", domain="d", index_key=INDEX)
+            th = threading.Thread(
+                target=lambda: seen.append(vault.tokenize("shared", domain="d", index_key=INDEX))
+            )
+            th.start()
+            th.join(0.2)
+            assert th.is_alive() and seen == []  # waits: the token is not durable yet
+        th.join()
+    assert seen == [token]
+
+
+def test_token_cache_is_bounded_and_holds_no_clear_value(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    values = [f"secret-value-{i}" for i in range(5)]
+    with TokenVault(path, cipher=aesgcm_cipher(KEY), cache_size=3) as vault:
+        tokens = [vault.tokenize(v, domain="d", index_key=INDEX) for v in values]
+        assert len(vault._cache) == 3
+        dump = repr(dict(vault._cache))
+        assert not any(v in dump or v.encode().hex() in dump for v in values)
+        # Evicted or cached, the same value keeps its token.
+        assert [vault.tokenize(v, domain="d", index_key=INDEX) for v in values] == tokens
+    # Another process adding tokens never changes the ones already cached.
+    with (
+        TokenVault(path, cipher=aesgcm_cipher(KEY)) as a,
+        TokenVault(path, cipher=aesgcm_cipher(KEY)) as b,
+    ):
+        t1 = a.tokenize("x", domain="d", index_key=INDEX)
+        assert b.tokenize("x", domain="d", index_key=INDEX) == t1
+        assert a.tokenize("x", domain="d", index_key=INDEX) == t1
+
+
+# -- format-preserving tokens ------------------------------------------------------------
+
+
+def test_preserving_token_shapes() -> None:
+    from trustzones.dlp.vault import _one_preserving_token
+
+    for value, keep in (
+        ("4111 1111 1111 1111", 4),
+        ("Ab9-x_yZ 12", 2),
+        ("abc１２３def", 0),
+        ("ÉTÉ-2024-xyz", 3),
+    ):
+        for _ in range(50):
+            token = _one_preserving_token(value, keep)
+            assert len(token) == len(value)
+            alnum = [i for i, ch in enumerate(value) if ch.isalnum()]
+            for i, (a, b) in enumerate(zip(value, token, strict=True)):
+                if i not in alnum or (keep and i in alnum[len(alnum) - keep :]):
+                    assert a == b  # separators and the kept tail stay
+                elif a.isdigit() or a.isnumeric():
+                    assert b in "0123456789"
+                elif a.islower():
+                    assert b.isascii() and b.islower()
+                else:
+                    assert b.isascii() and b.isupper()
+
+
+def test_preserving_token_characters_are_uniform() -> None:
+    from collections import Counter
+
+    from trustzones.dlp.vault import _one_preserving_token
+
+    digits: Counter[str] = Counter()
+    letters: Counter[str] = Counter()
+    for _ in range(2000):
+        token = _one_preserving_token("0000000000-aaaaaaaaaa", 0)
+        digits.update(token[:10])
+        letters.update(token[11:])
+    # 20,000 draws each: every symbol appears, none far from its share (loose bounds,
+    # about 6 standard deviations; a modulo bias of the rejected bytes would show).
+    assert set(digits) == set("0123456789")
+    assert all(1600 < n < 2400 for n in digits.values()), digits
+    assert set(letters) == set("abcdefghijklmnopqrstuvwxyz")
+    assert all(580 < n < 960 for n in letters.values()), letters
+
+
+def test_preserving_token_refuses_to_keep_more_than_the_value_has() -> None:
+    from trustzones.dlp.vault import _one_preserving_token
+
+    with pytest.raises(ValueError, match="at least 6 random"):
+        _one_preserving_token("1234567890", 12)
+
+
+def test_new_tokens_are_checked_with_the_callers_scanner(tmp_path: Path) -> None:
+    # Every token shaped like an e-mail address is an e-mail address: the default scanner
+    # refuses them all; a flow whose scanner looks only for cards accepts one.
+    from trustzones.dlp import Scanner
+
+    with TokenVault(tmp_path / "v.db", cipher=aesgcm_cipher(KEY)) as vault:
+        with pytest.raises(TransformError, match="free of detectable patterns"):
+            vault.tokenize("ann@example.com", domain="e", index_key=INDEX, format="preserve")
+        token = vault.tokenize(
+            "ann@example.com",
+            domain="e",
+            index_key=INDEX,
+            format="preserve",
+            scanner=Scanner(types=["CREDIT_CARD"]),
+        )
+        assert token[3] == "@" and token != "ann@example.com"

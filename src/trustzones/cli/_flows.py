@@ -70,8 +70,20 @@ def _progress_table(name: str, s: Any) -> Table:
 @click.option("--once", is_flag=True, help="Drain what is there and exit.")
 @click.option("--batch", default=500, show_default=True, help="Records per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
+@click.option(
+    "--partitions",
+    metavar="P[,P...]",
+    help="Only these source partitions (scale out: one process per disjoint set).",
+)
 @pass_state
-def flows_run(st: CliState, names: tuple[str, ...], once: bool, batch: int, as_json: bool) -> None:
+def flows_run(
+    st: CliState,
+    names: tuple[str, ...],
+    once: bool,
+    batch: int,
+    as_json: bool,
+    partitions: str | None,
+) -> None:
     """Run flows (all when none named). Shows a live progress display; Ctrl-C stops cleanly."""
     api = _flows_api()
     ws = st.workspace()
@@ -79,6 +91,20 @@ def flows_run(st: CliState, names: tuple[str, ...], once: bool, batch: int, as_j
     runners = [api.open_flow(ws, n) for n in selected]
     for r in runners:
         api.require_approved(ws, r)
+        if partitions:
+            try:
+                r.partitions = tuple(sorted({int(p) for p in partitions.split(",")}))
+            except ValueError:
+                raise click.BadParameter(
+                    "a comma-separated list of partition numbers", param_hint="--partitions"
+                ) from None
+        if partitions:
+            try:
+                r.partitions = tuple(sorted({int(p) for p in partitions.split(",")}))
+            except ValueError:
+                raise click.BadParameter(
+                    "a comma-separated list of partition numbers", param_hint="--partitions"
+                ) from None
     stop = {"flag": False}
 
     def _stop(*_: object) -> None:

@@ -240,8 +240,10 @@ def _card(text: str, s: int, e: int, ctx: bool) -> list[Span]:
                         ]
         return []
 
-    # The whole run failed above: go on with the shorter windows.
-    out: list[Span] = []
+    # The whole run failed above: go on with the shorter windows, which hold fewer digits
+    # the further they go (a window of fewer than 13 digits is never a card).
+    if len(whole) - min(sizes[0], sizes[last]) < 13:
+        return []
     for k in range(1, last + 1):
         for a, b in ((0, last - k), (k, last)):
             if not ctx and sizes[a : b + 1] not in _CARD_GROUPINGS:
@@ -255,7 +257,7 @@ def _card(text: str, s: int, e: int, ctx: bool) -> list[Span]:
                         (groups[a][0], groups[b][1], conf),
                         *solve(b + 1, last),
                     ]
-    return out
+    return []
 
 
 # -- US_SSN ----------------------------------------------------------------------------

@@ -291,6 +291,28 @@ class Scanner:
         found = self._detect([text], {0: ctx} if ctx else {}, {t: [0] for t in ctx})
         return [Finding(c[4], "", c[1], c[2], round(c[0], 2)) for c in found.get(0, ())]
 
+    def detects(self, text: str) -> bool:
+        """Whether :meth:`scan_text` (without a field name) finds anything in ``text``;
+        cheaper: it stops at the first finding and builds none."""
+        norm = text if text.isascii() else normalize(text)[0]
+        info = self._rule_info
+        minconf = self.min_confidence
+        keyword_types: set[str] = set()
+        for pid, _fi, s, e in self._engine.matches([norm], norm):
+            if pid >= _KEYWORD_BASE:
+                keyword_types.add(self._keyword_types[pid - _KEYWORD_BASE])
+                continue
+            for _s, _e, conf in info[pid][1](norm, s, e, False):
+                if conf >= minconf:
+                    return True
+        for _ri, rule, rx in self._context_rules if keyword_types else ():
+            if rule.keywords and rule.type in keyword_types:
+                for m in rx.finditer(norm):
+                    for _s, _e, conf in rule.validate(norm, m.start(), m.end(), False):
+                        if conf >= minconf:
+                            return True
+        return False
+
     def scan_record(self, obj: object) -> list[Finding]:
         """Scan a decoded JSON value (dict, list, str, number, bool or None)."""
         return self.scan_records([obj])[0]
@@ -432,10 +454,16 @@ class Scanner:
                         walk(value, seg, kctx, False)
                 elif vt is str:
                     if kctx:
-                        add(value, seg, kctx)  # type: ignore[arg-type]
-                    else:
-                        texts_append(value)  # type: ignore[arg-type]
-                        segs_append(seg)
+                        fi = len(texts)
+                        ctx_of[fi] = kctx
+                        for t in kctx:
+                            got = ctx_fields.get(t)
+                            if got is None:
+                                ctx_fields[t] = [fi]
+                            else:
+                                got.append(fi)
+                    texts_append(value)  # type: ignore[arg-type]
+                    segs_append(seg)
                 elif vt is dict:
                     walk_dict(value, seg, kctx, cache)  # type: ignore[arg-type]
                 elif vt is not bool and value is not None:
@@ -500,6 +528,9 @@ class Scanner:
             norms = []
             maps = {}
             for fi, t in enumerate(texts):
+                if t.isascii():
+                    norms.append(t)
+                    continue
                 norm, imap = normalize(t)
                 norms.append(norm)
                 if imap is not None:
@@ -529,10 +560,14 @@ class Scanner:
                         cands[fi] = [(conf, cs, ce, pid, type_)]
                     else:
                         got.append((conf, cs, ce, pid, type_))
-        for ri, rule, rx in self._context_rules:
-            targets = set(ctx_fields.get(rule.type, ()))
-            if rule.keywords:
-                targets |= keyword_fields.get(rule.type, set())
+        for ri, rule, rx in self._context_rules if ctx_fields or keyword_fields else ():
+            by_name = ctx_fields.get(rule.type)
+            by_keyword = keyword_fields.get(rule.type) if rule.keywords else None
+            if not by_name and not by_keyword:
+                continue
+            targets = set(by_name) if by_name else set()
+            if by_keyword:
+                targets |= by_keyword
             for fi in sorted(targets):
                 ctx = get_ctx(fi, _EMPTY)
                 if rule.type == "IP_ADDRESS" and NOT_IP in ctx:

@@ -315,22 +315,63 @@ def _as_text(spec: _Spec, value: object, path: str) -> str:
     raise _fail(spec, path, f"expects a string or a number, got {_kind(value)}")
 
 
+_ASCII_ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_DROP_ALNUM = str.maketrans(dict.fromkeys(_ASCII_ALNUM))
+_MASK_TABLES: dict[str, dict[int, str]] = {}
+
+
 def mask_text(
     text: str, *, keep_first: int, keep_last: int, char: str, keep_separators: bool
 ) -> str:
     """The masking of :class:`MaskSpec` on a string."""
-    n = sum(1 for ch in text if ch.isalnum())
+    if not keep_separators:
+        n = sum(1 for ch in text if ch.isalnum())
+        if keep_first + keep_last >= n:
+            keep_first = keep_last = 0
+        out = []
+        seen = 0
+        for ch in text:
+            if ch.isalnum():
+                out.append(ch if seen < keep_first or seen >= n - keep_last else char)
+                seen += 1
+            else:
+                out.append(char)
+        return "".join(out)
+    # Separators stay: keep the head and the tail, mask the letters and digits between.
+    is_ascii = text.isascii()
+    if is_ascii:
+        n = len(text) - len(text.translate(_DROP_ALNUM))
+    else:
+        n = sum(1 for ch in text if ch.isalnum())
     if keep_first + keep_last >= n:
         keep_first = keep_last = 0
-    out = []
-    seen = 0
-    for ch in text:
-        if ch.isalnum():
-            out.append(ch if seen < keep_first or seen >= n - keep_last else char)
-            seen += 1
-        else:
-            out.append(ch if keep_separators else char)
-    return "".join(out)
+    start = 0
+    if keep_first:
+        seen = 0
+        for start, ch in enumerate(text):  # noqa: B007 (used after the loop)
+            if ch.isalnum():
+                seen += 1
+                if seen == keep_first:
+                    break
+        start += 1
+    end = len(text)
+    if keep_last:
+        seen = 0
+        for end in range(len(text) - 1, -1, -1):
+            if text[end].isalnum():
+                seen += 1
+                if seen == keep_last:
+                    break
+    middle = text[start:end]
+    if is_ascii:
+        table = _MASK_TABLES.get(char)
+        if table is None:
+            table = str.maketrans(dict.fromkeys(_ASCII_ALNUM, char))
+            _MASK_TABLES[char] = table
+        middle = middle.translate(table)
+    else:
+        middle = "".join(char if ch.isalnum() else ch for ch in middle)
+    return text[:start] + middle + text[end:]
 
 
 def redact_spans(
@@ -416,6 +457,7 @@ _PLAN_TOKEN = re.compile(
     rf'\.?(?P<ident>{_IDENT})|\[(?P<index>\d+)\]|\[(?P<star>\*)\]|\[(?P<key>"(?:[^"\\]|\\.)*")\]'
 )
 _STAR = object()
+_MISSING = object()
 PlanSegment: TypeAlias = str | int | object
 
 
@@ -605,11 +647,25 @@ class Transformer:
             if type(node) is not dict and not isinstance(node, dict):
                 at = ".".join(segs[:i]) or "the top"  # type: ignore[arg-type]
                 raise _fail("transform", path, f"expected an object at {at}, got {_kind(node)}")
-            if seg not in node:
+            child = node.get(seg, _MISSING)
+            if child is _MISSING:
                 return result
-            if i < last:
-                node = node[seg]
-        r = self.apply(spec, node[segs[last]], path=where, subject=subject)  # type: ignore[index]
+            node = child
+        # What :meth:`apply` does, without the extra call.
+        value = node
+        if value is None and not isinstance(spec, SuppressSpec):
+            r: object = None
+        else:
+            fn = self._dispatch.get(type(spec))
+            if fn is None:
+                raise _fail("transform", where, f"unknown transform spec {type(spec).__name__}")
+            try:
+                r = fn(spec, value, where, subject)
+            except TransformError:
+                raise
+            except Exception as exc:
+                # Never pass on a message that might quote the value.
+                raise _fail(spec, where, f"failed ({type(exc).__name__})") from None
         if id(result) not in owned:
             result = dict(result)  # type: ignore[call-overload]
             owned[id(result)] = result
@@ -620,7 +676,7 @@ class Transformer:
                 child = dict(child)  # type: ignore[call-overload]
                 owned[id(child)] = child
                 parent[seg] = child
-            parent = child  # type: ignore[assignment]
+            parent = child
         if r is SUPPRESSED:
             del parent[segs[last]]
         else:
@@ -702,6 +758,7 @@ class Transformer:
                 format=spec.format,
                 prefix=spec.prefix,
                 keep_last=spec.keep_last,
+                scanner=self._scanner,
             )
         except TransformError as exc:
             if str(exc).startswith(f"tokenize at {path or '<value>'}:"):

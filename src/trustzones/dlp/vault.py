@@ -41,13 +41,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from trustzones.dlp._validators import luhn_valid
 from trustzones.errors import DecryptionFailed, TransformError, TrustzonesError
+
+if TYPE_CHECKING:
+    from trustzones.dlp.scanner import Scanner
 
 __all__ = ["TokenFormat", "TokenVault", "UnknownToken", "VaultCipher", "aesgcm_cipher"]
 
@@ -99,17 +102,19 @@ def _random_token(prefix: str) -> str:
 _TOKEN_ATTEMPTS = 64
 
 
-def _preserving_token(value: str, keep_last: int) -> str:
-    """A random string shaped like ``value`` (see :func:`_one_preserving_token`) in which the
-    scanner finds nothing: neither the whole token nor any part of it (a 16-digit run inside
-    a 19-digit token, say) may pass as a card number, an SSN or another sensitive value, or
-    the flow's own output scan would hold it back as a leak."""
-    from trustzones.dlp.scanner import default_scanner
+def _preserving_token(value: str, keep_last: int, scanner: Scanner | None = None) -> str:
+    """A random string shaped like ``value`` (see :func:`_one_preserving_token`) in which
+    ``scanner`` (default: the default scanner) finds nothing: neither the whole token nor
+    any part of it (a 16-digit run inside a 19-digit token, say) may pass as a card number,
+    an SSN or another sensitive value, or the flow's own output scan would hold it back as
+    a leak."""
+    if scanner is None:
+        from trustzones.dlp.scanner import default_scanner
 
-    scanner = default_scanner()
+        scanner = default_scanner()
     for _ in range(_TOKEN_ATTEMPTS):
         token = _one_preserving_token(value, keep_last)
-        if not scanner.scan_text(token):
+        if not scanner.detects(token):
             return token
     raise ValueError(
         f"no format-preserving token free of detectable patterns after {_TOKEN_ATTEMPTS} tries"
@@ -351,9 +356,12 @@ class TokenVault:
         format: TokenFormat = "random",
         prefix: str = "tok_",
         keep_last: int = 0,
+        scanner: Scanner | None = None,
     ) -> str:
         """The token of ``value`` in ``domain``, created (random, or shaped like the value
-        when ``format="preserve"``) and stored sealed on first use."""
+        when ``format="preserve"``) and stored sealed on first use. A new format-preserving
+        token is one in which ``scanner`` (default: the default scanner; a flow passes its
+        own) finds nothing."""
         fp = self._fingerprint(value, domain, index_key)
         ck = (domain, fp)
         with self._lock:
@@ -373,9 +381,11 @@ class TokenVault:
                 self._remember(ck, token)
                 return token
             if self._batch_depth:
-                return self._tokenize_in_batch(value, domain, fp, ck, format, prefix, keep_last)
+                return self._tokenize_in_batch(
+                    value, domain, fp, ck, format, prefix, keep_last, scanner
+                )
             for _ in range(_MAX_TRIES):
-                token = self._new_token(value, domain, format, prefix, keep_last)
+                token = self._new_token(value, domain, format, prefix, keep_last, scanner)
                 sealed = self._cipher.seal(value.encode(), _aad(domain, token))
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -409,6 +419,7 @@ class TokenVault:
         format: TokenFormat,
         prefix: str,
         keep_last: int,
+        scanner: Scanner | None,
     ) -> str:
         """A new token inside the batch transaction (called with the lock held)."""
         if self._batch_error is not None:
@@ -426,7 +437,7 @@ class TokenVault:
                     self._remember(ck, token)
                     return token
             for _ in range(_MAX_TRIES):
-                token = self._new_token(value, domain, format, prefix, keep_last)
+                token = self._new_token(value, domain, format, prefix, keep_last, scanner)
                 sealed = self._cipher.seal(value.encode(), _aad(domain, token))
                 # No other writer while we hold the write lock, and this fingerprint is not
                 # stored: only a clash of random tokens can make the insert a no-op.
@@ -447,11 +458,17 @@ class TokenVault:
         raise self._no_free_token(domain)
 
     def _new_token(
-        self, value: str, domain: str, format: TokenFormat, prefix: str, keep_last: int
+        self,
+        value: str,
+        domain: str,
+        format: TokenFormat,
+        prefix: str,
+        keep_last: int,
+        scanner: Scanner | None,
     ) -> str:
         if format == "preserve":
             try:
-                return _preserving_token(value, keep_last)
+                return _preserving_token(value, keep_last, scanner)
             except ValueError as exc:
                 raise TransformError(f"domain {domain!r}: {exc}") from None
         return _random_token(prefix)

@@ -307,6 +307,13 @@ class FlowRunner:
         cursor = self._cursor
         self._cursor = None
         if cursor is None:
+            # Fence a crashed predecessor first: starting our transactional ids aborts its open
+            # transactions, whose pending offsets would otherwise hold the reads below back
+            # (Kafka answers UNSTABLE_OFFSET_COMMIT until they time out). Empty elsewhere.
+            with src.transaction(f"{self._txn_id()}.quarantine"):
+                pass
+            with dst.transaction(self._txn_id()):
+                pass
             cursor = (self.positions(), src.committed_offsets(self.qgroup, self.source_topic))
         pos, qpos = cursor
         records: list[Record] = []

@@ -1,0 +1,247 @@
+"""Flows on Kafka: exactly-once across SIGKILLs (between two clusters and within one), and
+scale-out by static partition subsets. Verified with plain read_committed consumers."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from kafka_fixtures import Layout, approve, connection, kafka_zones
+from trustzones.flows import event_key, generate_events
+from trustzones.zone import Workspace
+
+pytestmark = pytest.mark.kafka
+
+FLOW = "payments-to-analytics"
+QUARANTINE = "tz.quarantine.payments-to-analytics"
+RUNNER = r"""
+import sys
+from trustzones.flows import open_flow
+from trustzones.zone import Workspace
+with Workspace.open() as ws:
+    r = open_flow(ws, "payments-to-analytics")
+    if len(sys.argv) > 2:
+        r.partitions = tuple(int(p) for p in sys.argv[2].split(","))
+    r.prepare()
+    while True:
+        s = r.step(int(sys.argv[1]))
+        print(s.read, flush=True)
+        if s.read == 0:
+            break
+"""
+
+
+def read_committed(cluster: Any, topic: str) -> list[Any]:
+    """Every committed record of ``topic`` (full Kafka name), read by a plain client."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    conf = connection(cluster).client_config("test-reader")
+    md = AdminClient(conf).list_topics(topic=topic, timeout=20)
+    parts = sorted(md.topics[topic].partitions)
+    consumer = Consumer(
+        {
+            **conf,
+            "group.id": "test-reader",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[Any] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(at_end) < len(parts):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.code() == err._PARTITION_EOF:
+                at_end.add(msg.partition())
+            else:
+                raise AssertionError(err)
+    finally:
+        consumer.close()
+    return out
+
+
+def origins(msgs: list[Any]) -> Counter[tuple[bytes, bytes]]:
+    return Counter(
+        (dict(m.headers())["tz.source.partition"], dict(m.headers())["tz.source.offset"])
+        for m in msgs
+    )
+
+
+def _start(cwd: Path, batch: int, partitions: str | None = None) -> subprocess.Popen[str]:
+    args = [sys.executable, "-c", RUNNER, str(batch)] + ([partitions] if partitions else [])
+    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, text=True)
+
+
+def _run_and_kill(cwd: Path, rng: random.Random, batch: int) -> bool:
+    """Start the runner and SIGKILL it at a random moment after its first batch; True if it
+    had already finished."""
+    proc = _start(cwd, batch)
+    assert proc.stdout is not None
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        started = time.monotonic()
+        seen = False
+        while not seen and proc.poll() is None and time.monotonic() - started < 60:
+            seen = bool(proc.stdout.readline())
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.5))
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    return finished
+
+
+def _setup(
+    workspace_dir: Path,
+    clusters: list[Any],
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: Layout,
+    count: int,
+) -> tuple[dict[str, dict[str, Any]], set[tuple[bytes, bytes]]]:
+    backends = kafka_zones(workspace_dir, clusters, monkeypatch, layout=layout, prefix=prefix)
+    with Workspace.open() as ws:
+        ws.ensure_topics()
+        approve(ws)
+        events = generate_events(ws.config, "payments.transactions", count, seed=5, leak_rate=0.1)
+        res = ws.produce(
+            "payments.transactions",
+            [orjson.dumps(e) for e in events],
+            principal="payments-service",
+            keys=[event_key(ws.config, "payments.transactions", e) for e in events],
+        )
+        assert len(res.accepted) == count
+    source = {(str(p.partition).encode(), str(p.offset).encode()) for p in res.accepted}
+    return backends, source
+
+
+def _check_exactly_once(
+    clusters: list[Any],
+    backends: dict[str, dict[str, Any]],
+    layout: Layout,
+    source: set[tuple[bytes, bytes]],
+    min_held: int = 20,
+) -> None:
+    dst_cluster = clusters[1] if layout == "dedicated" else clusters[0]
+    delivered = origins(
+        read_committed(dst_cluster, backends["analytics"]["prefix"] + "analytics.transactions")
+    )
+    held = origins(read_committed(clusters[0], backends["payments"]["prefix"] + QUARANTINE))
+    assert max(delivered.values()) == 1, "a record was delivered twice"
+    assert max(held.values()) == 1, "a record was quarantined twice"
+    assert not set(delivered) & set(held), "a record was both delivered and quarantined"
+    assert set(delivered) | set(held) == source, "a record was lost"
+    assert len(held) > min_held  # ~10% of the events hide a card number or an SSN
+
+
+@pytest.mark.parametrize("layout", ["dedicated", "virtual"])
+def test_sigkill_at_random_points_keeps_exactly_once_on_kafka(
+    layout: Layout,
+    workspace_dir: Path,
+    kafka_clusters: list[Any],
+    kafka_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backends, source = _setup(
+        workspace_dir, kafka_clusters, kafka_prefix, monkeypatch, layout, 1200
+    )
+    rng = random.Random(7 if layout == "dedicated" else 8)
+    kills = 0
+    for _ in range(8):
+        if _run_and_kill(workspace_dir, rng, batch=rng.choice((20, 50, 100))):
+            break
+        kills += 1
+        if kills >= 4:
+            break
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, "200"],
+        cwd=workspace_dir,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    assert out.stdout.splitlines()[-1] == "0"
+    assert kills >= 3, "the flow finished before it could be killed often enough"
+    _check_exactly_once(kafka_clusters, backends, layout, source)
+
+
+def test_two_flow_processes_split_the_partitions(
+    workspace_dir: Path,
+    kafka_clusters: list[Any],
+    kafka_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backends, source = _setup(
+        workspace_dir, kafka_clusters, kafka_prefix, monkeypatch, "dedicated", 600
+    )
+    procs = [_start(workspace_dir, 100, "0,2"), _start(workspace_dir, 100, "1")]
+    reads = []
+    for proc in procs:
+        stdout, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0
+        reads.append(sum(int(n) for n in stdout.split()))
+    by_partition = Counter(p for p, _ in source)
+    assert reads == [by_partition[b"0"] + by_partition[b"2"], by_partition[b"1"]]
+    _check_exactly_once(kafka_clusters, backends, "dedicated", source)
+
+
+def test_restart_fences_a_crashed_transaction_instead_of_waiting_for_its_timeout(
+    workspace_dir: Path,
+    kafka_clusters: list[Any],
+    kafka_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a flow killed between sending its offsets and committing left them pending;
+    the restarted flow read its position first and waited (UNSTABLE_OFFSET_COMMIT) until the
+    broker's transaction timeout, longer than its own: it failed instead of resuming."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from trustzones.flows import open_flow
+
+    backends, source = _setup(
+        workspace_dir, kafka_clusters, kafka_prefix, monkeypatch, "dedicated", 90
+    )
+    with Workspace.open() as ws:
+        assert open_flow(ws, FLOW).run(once=True, batch=30).read == 90
+    # A zombie with the flow's transactional id: offsets sent, never committed or aborted.
+    dst = backends["analytics"]["prefix"]
+    conf = connection(kafka_clusters[1]).client_config("zombie")
+    group = f"{dst}tz.flow.{FLOW}"
+    meta = Consumer({**conf, "group.id": group}).consumer_group_metadata()
+    zombie = Producer({**conf, "transactional.id": group, "transaction.timeout.ms": 120_000})
+    zombie.init_transactions(20)
+    zombie.begin_transaction()
+    anchor = f"{dst}__tz-offsets.payments.payments.transactions"
+    zombie.send_offsets_to_transaction([TopicPartition(anchor, 0, 1)], meta, 20)
+    with Workspace.open() as ws:
+        started = time.monotonic()
+        stats = open_flow(ws, FLOW).run(once=True, batch=30)
+        assert time.monotonic() - started < 20
+        assert stats.read == 0  # resumed where the committed position was, not at offset 1
+    _check_exactly_once(kafka_clusters, backends, "dedicated", source, min_held=3)
