@@ -10,4 +10,5 @@ fi
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 python3 scripts/kafka.py fetch              # resolve broker jars from Maven Central (cached)
 python3 -m ruff check --quiet src tests benchmarks scripts
+python3 -m mypy src/trustzones
 python3 -m pytest "$@"

@@ -127,3 +127,25 @@ def test_boolean_env_is_strict(tmp_path: Path, bad: str) -> None:
         env={"TRUSTZONES_CONSUME_FOLLOW": bad},
     )
     assert r.returncode == 2
+
+
+def test_keys_commands_use_the_workspace_and_rotation_keeps_data_readable(
+    tmp_path: Path,
+) -> None:
+    w = tmp_path / "w"
+    tz("init", str(w))
+    assert (
+        tz(
+            "produce", "analytics.clickstream", "--as", "clickstream-service", stdin=CLICK, cwd=w
+        ).returncode
+        == 0
+    )
+    r = tz("keys", "rotate", "--zone", "analytics", cwd=w)
+    assert r.returncode == 0, r.stderr
+    assert "KEK version 2 is now active" in r.stdout
+    (status,) = json.loads(tz("keys", "status", "--zone", "analytics", "--json", cwd=w).stdout)
+    assert status["kek"]["latest"] == 2
+    r = tz(
+        "consume", "analytics.clickstream", "--as", "marketing-analyst", "--from-beginning", cwd=w
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["event_id"] == "e1"

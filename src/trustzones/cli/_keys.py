@@ -43,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class _Options:
-    keystore_dir: Path
+    keystore_dir: Path | None
     master_key_file: Path | None
     key_table: Path | None
     vault_addr: str | None
@@ -57,9 +57,9 @@ def _store_options(f: F) -> F:
             "--keystore",
             "keystore_dir",
             type=click.Path(file_okay=False, path_type=Path),
-            required=True,
             envvar="TRUSTZONES_KEYSTORE",
-            help="Keystore directory: local KEK files and the zones' key tables.",
+            help="Keystore directory: local KEK files and the zones' key tables "
+            "[default: the workspace's, with each zone's own master key and key table].",
         ),
         click.option(
             "--master-key-file",
@@ -103,7 +103,22 @@ def _opts(**kw: Any) -> _Options:
     )
 
 
+def _workspace_keys() -> Any:
+    """The workspace's keys when no keystore is named and a trustzones.yaml is in reach."""
+    from trustzones.cli._context import CliState
+
+    root = click.get_current_context().find_root().obj
+    if isinstance(root, CliState) and root.path.exists():
+        return root.workspace().keys
+    raise KeystoreError(
+        "no keystore: pass --keystore DIR (or TRUSTZONES_KEYSTORE), or run inside a workspace"
+    )
+
+
 def _open_keystore(o: _Options) -> LocalKeystore | VaultTransitKeystore:
+    if o.keystore_dir is None and not o.vault_addr:
+        ks: LocalKeystore = _workspace_keys().keystore()
+        return ks
     if o.vault_addr:
         return VaultTransitKeystore(url=o.vault_addr, token=o.vault_token, mount=o.vault_mount)
     if o.master_key_file is not None:
@@ -115,12 +130,22 @@ def _open_keystore(o: _Options) -> LocalKeystore | VaultTransitKeystore:
             f"no master key: pass --master-key-file or set {DEFAULT_MASTER_KEY_ENV} "
             "(create one with `trustzones keys new-master-key --out FILE`)"
         )
+    assert o.keystore_dir is not None
     return LocalKeystore(o.keystore_dir, master_key=master)
 
 
 @contextmanager
 def _admin(o: _Options, zone: str) -> Iterator[KeyAdmin]:
-    table_path = o.key_table or o.keystore_dir / f"{zone}.keys.sqlite"
+    if o.keystore_dir is None and not o.vault_addr and o.key_table is None:
+        wk = _workspace_keys()
+        table = wk.table(zone)
+        try:
+            yield KeyAdmin(zone, keystore=wk.keystore(), table=table)
+        finally:
+            table.close()
+        return
+    base = o.keystore_dir or Path(".")
+    table_path = o.key_table or base / f"{zone}.keys.sqlite"
     if not table_path.parent.exists():
         table_path.parent.mkdir(parents=True, mode=0o700)
     with _open_keystore(o) as keystore, SqliteKeyTable(table_path) as table:

@@ -76,6 +76,10 @@ class WorkspaceKeys:
             ks.create_kek(zone, exist_ok=True)
         return written
 
+    def table(self, zone: str) -> KeyTable:
+        """A new connection to ``zone``'s key table (stored with the zone's data)."""
+        return self._table(zone)
+
     def _table(self, zone: str) -> KeyTable:
         # Each ring opens (and closes) its own connection to a zone's key table.
         d = self.config.data_dir(zone)
