@@ -154,3 +154,55 @@ def test_flows_scale_out_by_disjoint_partition_sets(tmp_path: Path) -> None:
     assert again["read"] == 0
     bad = tz("flows", "run", "--once", "--partitions", "x", cwd=w)
     assert bad.returncode == 2 and "--partitions" in bad.stderr
+
+
+def test_flows_run_follows_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    w = tmp_path / "w"
+    assert tz("init", str(w), cwd=tmp_path).returncode == 0
+    tz(
+        "generate",
+        "payments.transactions",
+        "-n",
+        "30",
+        "--seed",
+        "4",
+        "--leak-rate",
+        "0",
+        "--as",
+        "payments-service",
+        cwd=w,
+    )
+    assert tz("flows", "run", "--once", cwd=w).returncode == 1  # opens the approval request
+    (req,) = jsonl(tz("approvals", "list", "--json", cwd=w).stdout)
+    assert (
+        tz("approvals", "approve", str(req["id"]), "--as", "security-officer", cwd=w).returncode
+        == 0
+    )
+    proc = subprocess.Popen(
+        ["trustzones", "flows", "run", FLOW, "--json"],
+        cwd=w,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until the flow has drained the topic
+            st = jsonl(tz("flows", "status", "--json", cwd=w).stdout)[0]
+            if st["lag"] == 0 and st["positions"]:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        assert proc.poll() is None, "a following flow must keep running"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    (stats,) = jsonl(out)
+    assert stats["read"] == 30 and stats["delivered"] == 30
