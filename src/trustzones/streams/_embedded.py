@@ -274,20 +274,22 @@ class EmbeddedBackend(Backend):
             nexts[p] = int(row[0]) if row else 0
         now = int(time.time() * 1000)
         rows: list[tuple[Any, ...]] = []
-        positions = []
+        positions: list[RecordPosition] = []
+        cipher = self._cipher
+        add_row, add_pos = rows.append, positions.append
         for r, p in zip(records, targets, strict=True):
             off = nexts[p]
             nexts[p] = off + 1
-            ts = r.timestamp_ms if r.timestamp_ms is not None else now
-            headers = _pack_headers(r.headers)
-            if self._cipher is not None:
-                blob = self._cipher.seal(
+            ts = now if r.timestamp_ms is None else r.timestamp_ms
+            headers = _pack_headers(r.headers) if r.headers else b""
+            if cipher is not None:
+                blob = cipher.seal(
                     _pack_sealed(r.key, headers, r.value), aad=self._aad(topic, p, off)
                 )
-                rows.append((topic, p, off, None, blob, None, ts))
+                add_row((topic, p, off, None, blob, None, ts))
             else:
-                rows.append((topic, p, off, r.key, r.value, headers or None, ts))
-            positions.append(RecordPosition(topic, p, off))
+                add_row((topic, p, off, r.key, r.value, headers or None, ts))
+            add_pos(RecordPosition(topic, p, off))
         db.executemany(
             'INSERT INTO records (topic, partition, "offset", key, value, headers, ts) '
             "VALUES (?,?,?,?,?,?,?)",
@@ -320,15 +322,20 @@ class EmbeddedBackend(Backend):
         ).fetchall()
         cipher = self._cipher
         if cipher is None:
+            # tuple.__new__ builds the named tuples without a Python-level call per record.
+            new = tuple.__new__
             return [
-                Record(
-                    topic,
-                    partition,
-                    off,
-                    key,
-                    value,
-                    _unpack_headers(headers) if headers else (),
-                    ts,
+                new(
+                    Record,
+                    (
+                        topic,
+                        partition,
+                        off,
+                        key,
+                        value,
+                        _unpack_headers(headers) if headers else (),
+                        ts,
+                    ),
                 )
                 for off, key, value, headers, ts in rows
             ]

@@ -78,8 +78,9 @@ class Record(NamedTuple):
         return found
 
 
-@dataclass(frozen=True, slots=True)
-class RecordPosition:
+class RecordPosition(NamedTuple):
+    """Where a record was stored."""
+
     topic: str
     partition: int
     offset: int
