@@ -458,14 +458,14 @@ RULES: tuple[Rule, ...] = (
         "IBAN",
         r"\b[A-Za-z]{2}\d{2}[A-Za-z0-9]{11,30}\b",
         _iban_compact,
-        prefilter=r"\b[A-Za-z]{2}\d{2}[A-Za-z0-9]{4}",
+        prefilter=r"\b[A-Za-z]{2}\d{2}[A-Za-z0-9]{11}",
     ),
     Rule(
         "iban_spaced",
         "IBAN",
         r"\b[A-Za-z]{2}\d{2}(?: [A-Za-z0-9]{4}){2,8}(?: [A-Za-z0-9]{1,3})?\b",
         _iban_spaced,
-        prefilter=r"\d{2} [A-Za-z0-9]{4} [A-Za-z0-9]{4}",
+        prefilter=r"[A-Za-z]{2}\d{2} [A-Za-z0-9]{4} [A-Za-z0-9]{4}",
     ),
     Rule(
         "email",

@@ -16,6 +16,12 @@ batch to learn which rules fire in which field, then extracts candidates with Py
 Both produce the same candidates, so the same findings. ``"auto"`` picks Hyperscan when it
 loads. A :class:`Scanner` is safe to share between threads (Hyperscan scratch space is per
 thread).
+
+Speed: records of one schema repeat their shapes, so the walk caches (bounded) what every
+member of an object needs, keyed by the object's path, keys and inherited context: the
+member's path segments, its key's own findings and its context. Nothing is cached for a
+key that holds a finding, nor below one. Python work then goes only to the fields in which
+the compiled database fired.
 """
 
 from __future__ import annotations

@@ -551,6 +551,7 @@ class Transformer:
         self._lock = threading.Lock()
         self._secrets: dict[str, bytes] = {}
         self._hmacs: dict[str, Any] = {}
+        self._shift_hmacs: dict[str, Any] = {}
         self._ff1: dict[tuple[str, str], FF1] = {}
         self._scanners: dict[tuple[tuple[str, ...] | None, float], Scanner] = {}
         self._dispatch: dict[type[_Spec], Callable[[Any, object, str, object], object]] = {
@@ -880,8 +881,14 @@ class Transformer:
         if not isinstance(value, str):
             raise _fail(spec, path, f"expects an ISO 8601 date string, got {_kind(value)}")
         day = _parse_iso_date(spec, value, path)
-        secret = self._secret(spec, spec.key, path)
-        digest = hmac.new(secret, str(subject).encode(), hashlib.sha256).digest()
+        base = self._shift_hmacs.get(spec.key)
+        if base is None:
+            base = hmac.new(self._secret(spec, spec.key, path), digestmod=hashlib.sha256)
+            with self._lock:
+                self._shift_hmacs[spec.key] = base
+        h = base.copy()
+        h.update(str(subject).encode())
+        digest = h.digest()
         k = int.from_bytes(digest[:8], "big") % (2 * spec.max_days)
         days = k - spec.max_days if k < spec.max_days else k - spec.max_days + 1
         try:
