@@ -328,3 +328,23 @@ def test_a_deny_ends_the_request_and_a_new_one_can_be_opened(ws: Workspace) -> N
     assert again.id != req.id and again.status == "pending"
     assert store.approve(again.id, approver="security-officer").status == "approved"
     assert store.is_approved("flow", FLOW, h)
+
+
+def test_output_that_breaks_the_destination_schema_is_quarantined(workspace_dir: Path) -> None:
+    # Without a width, `generalize: age` keeps ages up to 89 as integers; the destination
+    # schema wants a string band, so the record must not pass.
+    p = workspace_dir / "trustzones.yaml"
+    p.write_text(
+        p.read_text().replace(
+            "customer.age: {type: generalize, method: age, width: 10}",
+            "customer.age: {type: generalize, method: age}",
+        )
+    )
+    with Workspace.open() as w:
+        out = open_flow(w, FLOW).decide(payment(1))
+    assert out.kind == "quarantine"
+    assert out.reason == (
+        "output breaks the destination schema at customer.age: does not "
+        "match the schema of 'analytics.transactions': must be of type "
+        "'string'"
+    )

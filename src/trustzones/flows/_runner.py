@@ -225,14 +225,10 @@ class FlowRunner:
         # every leaf allowed, size, depth and schema as the destination's validator decides
         # them, without decoding the output again; any doubt takes the full path below,
         # which alone says why a record is refused.
-        validator = self._dest_validator
-        if leaves_ok(out, self._path_problem, MAX_DEPTH):
-            encoded = orjson.dumps(out)
-            fast = getattr(validator, "_fast", None)
-            if len(encoded) <= validator.max_bytes and (
-                validator.schema is None or (fast is not None and fast.is_valid(out))
-            ):
-                return out
+        if leaves_ok(out, self._path_problem, MAX_DEPTH) and self._dest_validator.accepts(
+            out, len(orjson.dumps(out))
+        ):
+            return out
         for spath, cpath in leaves(out):
             problem = self._path_problem(spath)
             if problem is not None:

@@ -107,6 +107,13 @@ class TopicValidator:
         else:
             self.schema_version = "none"
 
+    def accepts(self, doc: Any, size: int) -> bool:
+        """Whether an already-decoded record of ``size`` bytes passes (no explanation: call
+        :meth:`check` on a refusal to learn why)."""
+        if size > self.max_bytes:
+            return False
+        return self._fast is None or bool(self._fast.is_valid(doc))
+
     def check(self, value: bytes, index: int | None = None) -> Any:
         """The decoded record, or :class:`RecordRejected` saying what and where."""
         if len(value) > self.max_bytes:
