@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-DROP = object()
-"""Returned by a field function to remove the field."""
-
 
 def split(path: str) -> list[str]:
     return path.replace("[*]", ".[*]").split(".")
 
 
 def apply_at(doc: Any, path: str, fn: Callable[[Any, str], Any]) -> None:
-    """Call ``fn(value, concrete_path)`` on every value at ``path`` and store the result."""
+    """Replace every value at ``path`` by ``fn(value, concrete_path)``, in place (the
+    watermark's use; field transforms go through the DLP part's copy-on-write plan)."""
     _apply(doc, split(path), fn, "")
 
 
@@ -29,8 +27,6 @@ def _apply(node: Any, parts: list[str], fn: Callable[[Any, str], Any], where: st
                 _apply(node[i], rest, fn, here)
             else:
                 node[i] = fn(node[i], here)
-        if not rest:
-            node[:] = [v for v in node if v is not DROP]
         return
     if not isinstance(node, dict) or head not in node:
         return
@@ -38,11 +34,7 @@ def _apply(node: Any, parts: list[str], fn: Callable[[Any, str], Any], where: st
     if rest:
         _apply(node[head], rest, fn, here)
         return
-    out = fn(node[head], here)
-    if out is DROP:
-        del node[head]
-    else:
-        node[head] = out
+    node[head] = fn(node[head], here)
 
 
 def leaves(doc: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
