@@ -27,6 +27,14 @@ def jsonl(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def approve_flow(w: Path) -> None:
+    """Run the flow once (which opens its approval request), then approve it."""
+    assert tz("flows", "run", "--once", cwd=w).returncode == 1
+    (req,) = jsonl(tz("approvals", "list", "--json", cwd=w).stdout)
+    r = tz("approvals", "approve", str(req["id"]), "--as", "security-officer", cwd=w)
+    assert r.returncode == 0, r.stderr
+
+
 def test_the_whole_story_from_the_command_line(tmp_path: Path) -> None:
     w = tmp_path / "w"
     assert tz("init", str(w), cwd=tmp_path).returncode == 0
@@ -140,12 +148,7 @@ def test_flows_scale_out_by_disjoint_partition_sets(tmp_path: Path) -> None:
         "payments-service",
         cwd=w,
     )
-    assert tz("flows", "run", "--once", cwd=w).returncode == 1  # opens the approval request
-    (req,) = jsonl(tz("approvals", "list", "--json", cwd=w).stdout)
-    assert (
-        tz("approvals", "approve", str(req["id"]), "--as", "security-officer", cwd=w).returncode
-        == 0
-    )
+    approve_flow(w)
     first = jsonl(tz("flows", "run", "--once", "--json", "--partitions", "0", cwd=w).stdout)[0]
     rest = jsonl(tz("flows", "run", "--once", "--json", "--partitions", "1,2", cwd=w).stdout)[0]
     assert 0 < first["read"] < 90
@@ -175,12 +178,7 @@ def test_flows_run_follows_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         "payments-service",
         cwd=w,
     )
-    assert tz("flows", "run", "--once", cwd=w).returncode == 1  # opens the approval request
-    (req,) = jsonl(tz("approvals", "list", "--json", cwd=w).stdout)
-    assert (
-        tz("approvals", "approve", str(req["id"]), "--as", "security-officer", cwd=w).returncode
-        == 0
-    )
+    approve_flow(w)
     proc = subprocess.Popen(
         ["trustzones", "flows", "run", FLOW, "--json"],
         cwd=w,

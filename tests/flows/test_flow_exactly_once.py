@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from flow_helpers import all_records, approve
 
 from trustzones.flows import event_key, generate_events
 from trustzones.zone import Workspace
+from workspace_helpers import kill_at_random
 
 FLOW = "payments-to-analytics"
 RUNNER = r"""
@@ -35,29 +33,7 @@ with Workspace.open() as ws:
 
 
 def _run_and_kill(cwd: Path, rng: random.Random, batch: int) -> bool:
-    """Start the runner; kill it at a random moment after its first batch. True if it
-    finished on its own first."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(batch)], cwd=cwd, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    try:
-        os.set_blocking(proc.stdout.fileno(), False)
-        started = time.monotonic()
-        seen = False
-        while not seen and proc.poll() is None and time.monotonic() - started < 60:
-            seen = bool(proc.stdout.readline())
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, 0.4))
-        finished = proc.poll() is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-    return finished
+    return kill_at_random([sys.executable, "-c", RUNNER, str(batch)], cwd, rng)
 
 
 @pytest.mark.slow

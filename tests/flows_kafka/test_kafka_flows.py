@@ -3,9 +3,7 @@ scale-out by static partition subsets. Verified with plain read_committed consum
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import pytest
 from kafka_fixtures import Layout, approve, connection, kafka_zones
 from trustzones.flows import event_key, generate_events
 from trustzones.zone import Workspace
+from workspace_helpers import kill_at_random
 
 pytestmark = pytest.mark.kafka
 
@@ -93,27 +92,8 @@ def _start(cwd: Path, batch: int, partitions: str | None = None) -> subprocess.P
 
 
 def _run_and_kill(cwd: Path, rng: random.Random, batch: int) -> bool:
-    """Start the runner and SIGKILL it at a random moment after its first batch; True if it
-    had already finished."""
-    proc = _start(cwd, batch)
-    assert proc.stdout is not None
-    try:
-        os.set_blocking(proc.stdout.fileno(), False)
-        started = time.monotonic()
-        seen = False
-        while not seen and proc.poll() is None and time.monotonic() - started < 60:
-            seen = bool(proc.stdout.readline())
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.5))
-        finished = proc.poll() is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-    return finished
+    """SIGKILL the runner at a random moment after its first batch; True if it had finished."""
+    return kill_at_random([sys.executable, "-c", RUNNER, str(batch)], cwd, rng, max_delay=0.5)
 
 
 def _setup(
