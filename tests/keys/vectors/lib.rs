@@ -1,0 +1,1 @@
+// Empty: see Cargo.toml. Only the dependency's data files are used.
