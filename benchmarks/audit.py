@@ -10,6 +10,7 @@ measured in this run (``hashlib.sha256(body).digest()`` per event and nothing el
 * log machinery: canonical JSON + leaf hash + compact-range append, no storage;
 * append: ``AuditLog.append_many`` of prebuilt events in batches (the above plus the SQLite
   insert with its indexes, a signed head per batch and a ``synchronous=FULL`` commit);
+* flow: ``flow_transfer()`` per record and ``append_many`` per 500, as the flow runtime does;
 * append one event per transaction (``AuditLog.append``);
 * verify: ``verify_log`` over the whole log (reread every entry, rehash it, check its search
   columns, rebuild the tree, check every checkpoint, saved subtree and the signed head).
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from trustzones.audit import AuditLog, NoteSigner, canonical_json, verify_log
-from trustzones.audit.events import AuditEvent, record_access, record_accesses
+from trustzones.audit.events import AuditEvent, flow_transfer, record_access, record_accesses
 from trustzones.audit.merkle import CompactRange
 
 
@@ -125,6 +126,29 @@ def main() -> int:
                     f"append    {appended:,} events in batches of {batch:,}: {rate:,.0f} events/s "
                     f"({ratio(rate, sha)}; target >= 100,000/s {verdict})"
                 )
+            # The flow runtime's path: flow_transfer() per record, append_many per batch of 500.
+            n_flow = 20_000
+            t = time.perf_counter()
+            for start in range(0, n_flow, 500):
+                log.append_many(
+                    [
+                        flow_transfer(
+                            flow="payments-to-analytics", principal="flow-payments",
+                            source_zone="payments", source_topic="payments.transactions",
+                            source_partition=i % 3, source_offset=i,
+                            destination_zone="analytics", destination_topic="analytics.payments",
+                            outcome="allow", content=b"record-%d" % i,
+                        )
+                        for i in range(start, start + 500)
+                    ]
+                )  # fmt: skip
+            spent = time.perf_counter() - t
+            print(
+                f"flow      flow_transfer() + append_many per 500: {spent / n_flow * 1e6:.1f} us "
+                f"per event ({ratio(n_flow / spent, sha)})"
+            )
+            done += n_flow
+
             single = 2000
             events = build(single, done)
             t = time.perf_counter()

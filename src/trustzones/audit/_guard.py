@@ -17,7 +17,17 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["MAX_REF", "MAX_TEXT", "check_digest", "check_reference", "check_text"]
+__all__ = [
+    "MAX_REF",
+    "MAX_TEXT",
+    "check_digest",
+    "check_reference",
+    "check_text",
+    "digest_ok",
+    "reference_ok",
+    "reference_problem",
+    "text_ok",
+]
 
 MAX_REF = 256
 MAX_TEXT = 512
@@ -138,3 +148,27 @@ def check_digest(field: str, value: str) -> str:
             f"{field} must be a digest 'sha256:<64 lowercase hex digits>' (see content_hash())"
         )
     return value
+
+
+# Boolean forms for the event fast path (``events._fast_event``): the same rules as the
+# ``check_*`` functions above, without building an error message.
+
+
+reference_problem = _reference_problem
+"""Why ``value`` is not a reference of at most ``limit`` characters, or ``None`` (cached)."""
+
+
+def reference_ok(value: str, limit: int) -> bool:
+    """``check_reference`` would accept ``value`` (cached)."""
+    return _reference_problem(value, limit) is None
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def text_ok(value: str) -> bool:
+    """``check_text`` would accept ``value`` (cached: reasons repeat)."""
+    return len(value) <= MAX_TEXT and value.isprintable() and _suspect(value) is None
+
+
+def digest_ok(value: str) -> bool:
+    """``check_digest`` would accept ``value``."""
+    return _DIGEST.fullmatch(value) is not None

@@ -37,8 +37,11 @@ form (the tests check this against the ``rfc8785`` package); ``None`` fields are
 
 from __future__ import annotations
 
+import builtins
+import functools
 import hashlib
 import os
+import random
 import re
 import time as _time
 from collections.abc import Iterable, Mapping, Sequence
@@ -118,6 +121,7 @@ _TYPE = re.compile(r"io\.trustzones(\.[a-z][a-z0-9_-]{0,63}){1,4}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+builtins_type = builtins.type  # ``type`` is a parameter name below
 
 
 def content_hash(data: bytes) -> str:
@@ -276,20 +280,25 @@ _OPTIONAL_DATA = ("reason", "policy_version", "grant_id")
 
 def canonical_json(event: AuditEvent) -> bytes:
     """The RFC 8785 canonical JSON of ``event``: the bytes the audit log stores and hashes."""
-    # Hot path (every audited record): copy the field dicts, drop the unset optional fields.
-    top = event.__dict__.copy()
-    if top["subject"] is None:
-        del top["subject"]
-    data = event.data
-    fields = data.__dict__.copy()
-    for name in _OPTIONAL_DATA:
-        if fields[name] is None:
-            del fields[name]
+    # Hot path (every audited record). Only the optional fields can be None; they are left out.
+    top = event.__dict__
+    data = top["data"]
+    fields = {k: v for k, v in data.__dict__.items() if v is not None}
     extra = data.__pydantic_extra__
     if extra:
         fields.update(extra)
-    top["data"] = fields
-    return orjson.dumps(top, option=orjson.OPT_SORT_KEYS)
+    out = {
+        "data": fields,
+        "datacontenttype": top["datacontenttype"],
+        "id": top["id"],
+        "source": top["source"],
+        "specversion": top["specversion"],
+        "time": top["time"],
+        "type": top["type"],
+    }
+    if top["subject"] is not None:
+        out["subject"] = top["subject"]
+    return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
 
 
 def _rejected(exc: ValidationError) -> AuditEventRejected:
@@ -311,11 +320,20 @@ def event_from_json(body: bytes | str) -> AuditEvent:
 
 def _uuid7(now_ns: int) -> str:
     """A time-ordered RFC 9562 version 7 UUID: appends land at the end of the id index."""
-    b = bytearray((now_ns // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + os.urandom(10))
-    b[6] = 0x70 | b[6] & 0x0F  # version 7
-    b[8] = 0x80 | b[8] & 0x3F  # variant 10
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ms = now_ns // 1_000_000 & 0xFFFF_FFFF_FFFF
+    r = _rng.getrandbits(74)  # rand_a (12 bits) and rand_b (62 bits)
+    # version 7 (the "7" nibble), variant 10 (the 0x8000 bit pattern of the fourth group)
+    return (
+        f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{r >> 62:03x}-"
+        f"{r >> 48 & 0x3FFF | 0x8000:04x}-{r & 0xFFFF_FFFF_FFFF:012x}"
+    )
+
+
+# Ids must be unique, not secret: a private generator seeded from the OS (and reseeded in a
+# forked child) saves a system call per event, and nobody else reseeds it (hypothesis, for
+# one, resets the global ``random`` between examples).
+_rng = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
 
 
 def new_event(
@@ -341,7 +359,44 @@ def new_event(
     the contract.
     """
     now_ns = _time.time_ns()
-    when: datetime | str = at if at is not None else _format_ns(now_ns)
+    if extra:
+        clash = _STANDARD_DATA.intersection(extra)
+        if clash:
+            raise AuditEventRejected(f"extra fields repeat standard fields: {sorted(clash)}")
+    if subject is None:
+        subject = f"zone/{zone}/{resource}"
+    if event_id is None:
+        event_id = _uuid7(now_ns)
+    event = _fast_event(
+        type, source, subject, event_id, at, now_ns,
+        principal, action, resource, zone, decision, reason, policy_version, grant_id, extra,
+    )  # fmt: skip
+    if event is None:
+        event = _validated_event(
+            type, source, subject, event_id, at if at is not None else _format_ns(now_ns),
+            principal, action, resource, zone, decision, reason, policy_version, grant_id, extra,
+        )  # fmt: skip
+    return event
+
+
+def _validated_event(
+    type: str,
+    source: str,
+    subject: str,
+    event_id: str,
+    when: datetime | str,
+    principal: str,
+    action: str,
+    resource: str,
+    zone: str,
+    decision: str,
+    reason: str | None,
+    policy_version: str | None,
+    grant_id: str | None,
+    extra: Mapping[str, object] | None,
+) -> AuditEvent:
+    """The reference path: pydantic validation with the contract validators. Every event the
+    fast path cannot vouch for comes here, so every refusal has the reference message."""
     data: dict[str, object] = {
         "principal": principal,
         "action": action,
@@ -353,21 +408,202 @@ def new_event(
         "grant_id": grant_id,
     }
     if extra:
-        clash = data.keys() & extra.keys()
-        if clash:
-            raise AuditEventRejected(f"extra fields repeat standard fields: {sorted(clash)}")
         data.update(extra)
     try:
         return AuditEvent(
-            id=event_id if event_id is not None else _uuid7(now_ns),
+            id=event_id,
             source=source,
             type=type,
-            subject=subject if subject is not None else f"zone/{zone}/{resource}",
+            subject=subject,
             time=when,  # type: ignore[arg-type]  # normalised to text by the validator
             data=data,  # type: ignore[arg-type]  # a dict: validated once, as part of the event
         )
     except ValidationError as exc:
         raise _rejected(exc) from None
+
+
+# -- the fast path --------------------------------------------------------------------------
+#
+# Building an event through pydantic costs ~50 us, most of it in the contract validators
+# re-checking strings that repeat from event to event (principals, zones, topics, flows).
+# ``_fast_event`` applies the same contract with cached checks and builds the two models
+# directly. It only ever *accepts*: whenever a value is of an unexpected type or fails a check,
+# it returns ``None`` and ``new_event`` takes the reference path, which raises the reference
+# error (or accepts, where the fast path was merely conservative). A hypothesis test checks
+# that whatever the fast path accepts, the reference path accepts as an equal event.
+
+_STANDARD_DATA: Final = frozenset(
+    ("principal", "action", "resource", "zone", "decision", "reason", "policy_version", "grant_id")
+)
+_EVENT_FIELDS_SET: Final = ("id", "source", "type", "subject", "time", "data")
+_DECISIONS: Final = frozenset(("allow", "deny", "quarantine"))
+_object_setattr = object.__setattr__
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_ok(type: str, source: str, subject: str) -> bool:
+    return (
+        _TYPE.fullmatch(type) is not None
+        and _guard.reference_ok(source, _guard.MAX_REF)
+        and source.startswith("/")
+        and _guard.reference_ok(subject, 512)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _refs_ok(
+    principal: str,
+    action: str,
+    resource: str,
+    zone: str,
+    policy_version: str | None,
+    grant_id: str | None,
+) -> bool:
+    ok = _guard.reference_ok
+    return (
+        ok(principal, 256)
+        and ok(action, 64)
+        and ok(resource, 512)
+        and ok(zone, 128)
+        and (policy_version is None or ok(policy_version, 128))
+        and (grant_id is None or ok(grant_id, 256))
+    )
+
+
+_good_names: set[str] = set()  # extra field names seen to be valid (a small, closed set)
+_DIGEST_MATCH = re.compile(r"sha256:[0-9a-f]{64}").fullmatch
+
+
+def _extra_value_ok(name: str, value: object) -> bool:
+    t = type(value)
+    if t is bool:
+        return True
+    if t is int:
+        return -_MAX_INT <= value <= _MAX_INT  # type: ignore[operator]
+    if t is str:
+        if name.endswith("_hash") or value.startswith("sha256:"):  # type: ignore[attr-defined]
+            return _guard.digest_ok(value)  # type: ignore[arg-type]
+        return _guard.reference_ok(value, _guard.MAX_REF)  # type: ignore[arg-type]
+    return False
+
+
+def _strs(*values: object) -> bool:
+    return all(type(v) is str for v in values)
+
+
+def _fast_event(
+    type: str,
+    source: str,
+    subject: str,
+    event_id: str,
+    at: datetime | None,
+    now_ns: int,
+    principal: str,
+    action: str,
+    resource: str,
+    zone: str,
+    decision: str,
+    reason: str | None,
+    policy_version: str | None,
+    grant_id: str | None,
+    extra: Mapping[str, object] | None,
+) -> AuditEvent | None:
+    """The event, if every field provably meets the contract; else ``None`` (see above)."""
+    # 1. Types first (the reference path is strict: no str subclasses, no coercion).
+    if not _strs(type, source, subject, event_id, principal, action, resource, zone, decision):
+        return None
+    if (
+        (reason is not None and builtins_type(reason) is not str)
+        or (policy_version is not None and builtins_type(policy_version) is not str)
+        or (grant_id is not None and builtins_type(grant_id) is not str)
+    ):
+        return None
+    # 2. The cached string checks.
+    if decision not in _DECISIONS or not _ID.fullmatch(event_id):
+        return None
+    if not _header_ok(type, source, subject):
+        return None
+    if not _refs_ok(principal, action, resource, zone, policy_version, grant_id):
+        return None
+    if reason is not None and not _guard.text_ok(reason):
+        return None
+    # 3. The time, normalised as the reference path's validator does.
+    if at is None:
+        when = _format_ns(now_ns)
+    elif builtins_type(at) is datetime and at.tzinfo is not None:
+        when = str(_utc_time(at))
+    else:
+        return None
+    # 4. Extra fields (inlined: this loop runs for every field of every audited record).
+    extras: dict[str, Any] = {}
+    if extra:
+        if len(extra) > _MAX_EXTRAS:
+            return None
+        ref_problem = _guard.reference_problem
+        digest = _DIGEST_MATCH
+        values: Any = extra  # a Mapping[str, object]; the checks below narrow by type()
+        for name, value in values.items():
+            if name not in _good_names:
+                if builtins_type(name) is not str or not _EXTRA_NAME.fullmatch(name):
+                    return None
+                _good_names.add(name)
+            t = builtins_type(value)
+            if t is int:
+                if not -_MAX_INT <= value <= _MAX_INT:
+                    return None
+            elif t is str:
+                if name.endswith("_hash") or value.startswith("sha256:"):
+                    if digest(value) is None:
+                        return None
+                elif ref_problem(value, _guard.MAX_REF) is not None:
+                    return None
+            elif t is list or t is tuple:
+                items: Any = value
+                if len(items) > _MAX_LIST:
+                    return None
+                for item in items:
+                    if not _extra_value_ok(name, item):
+                        return None
+                if t is tuple:
+                    value = list(items)
+            elif t is not bool:
+                return None
+            extras[name] = value
+    # 5. Build the models as pydantic's own model_construct would, without re-validating.
+    fields = {
+        "principal": principal,
+        "action": action,
+        "resource": resource,
+        "zone": zone,
+        "decision": decision,
+        "reason": reason,
+        "policy_version": policy_version,
+        "grant_id": grant_id,
+    }
+    data = AuditData.__new__(AuditData)
+    _object_setattr(data, "__dict__", fields)
+    _object_setattr(data, "__pydantic_extra__", extras)
+    _object_setattr(data, "__pydantic_fields_set__", {*_STANDARD_DATA, *extras})
+    _object_setattr(data, "__pydantic_private__", None)
+    event = AuditEvent.__new__(AuditEvent)
+    _object_setattr(
+        event,
+        "__dict__",
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source,
+            "type": type,
+            "subject": subject,
+            "time": when,
+            "datacontenttype": "application/json",
+            "data": data,
+        },
+    )
+    _object_setattr(event, "__pydantic_extra__", None)
+    _object_setattr(event, "__pydantic_fields_set__", set(_EVENT_FIELDS_SET))
+    _object_setattr(event, "__pydantic_private__", None)
+    return event
 
 
 def _extras(**fields: object) -> dict[str, object]:
@@ -502,23 +738,14 @@ def record_accesses(
     out = []
     for partition, offset, content in records:
         for name, number in (("partition", partition), ("offset", offset)):
-            if type(number) is not int or not 0 <= number <= _MAX_INT:
+            if builtins_type(number) is not int or not 0 <= number <= _MAX_INT:
                 raise AuditEventRejected(
                     f"audit event refused: data.{name} must be an integer from 0 to 2**53 - 1"
                 )
-        data = template.data.model_copy()
-        extra = data.__pydantic_extra__
-        assert extra is not None  # the template has topic, partition and offset
-        extra["partition"] = partition
-        extra["offset"] = offset
+        updates: dict[str, object] = {"partition": partition, "offset": offset}
         if content is not None:
-            extra["content_hash"] = content_hash(content)
-        now_ns = _time.time_ns()
-        out.append(
-            template.model_copy(
-                update={"id": _uuid7(now_ns), "time": _format_ns(now_ns), "data": data}
-            )
-        )
+            updates["content_hash"] = content_hash(content)
+        out.append(_stamped(template, None, updates))
     return out
 
 
@@ -572,7 +799,81 @@ def flow_transfer(
     reason: str | None = None,
     at: datetime | None = None,
 ) -> AuditEvent:
-    """A record moved (``allow``), refused (``deny``) or quarantined by a flow."""
+    """A record moved (``allow``), refused (``deny``) or quarantined by a flow.
+
+    Called once per record by flows that audit per message, so the fields a flow's records
+    share are checked once (a cached template) and each event is a stamped copy of it.
+    """
+    if (
+        builtins_type(source_partition) is int
+        and builtins_type(source_offset) is int
+        and 0 <= source_partition <= _MAX_INT
+        and 0 <= source_offset <= _MAX_INT
+        and (
+            destination_offset is None
+            or (builtins_type(destination_offset) is int and 0 <= destination_offset <= _MAX_INT)
+        )
+        and (content is None or builtins_type(content) is bytes)
+        and (at is None or (builtins_type(at) is datetime and at.tzinfo is not None))
+    ):
+        try:
+            template = _flow_template(
+                flow, principal, source_zone, source_topic, destination_zone, destination_topic,
+                outcome, reason, destination_offset is not None, content is not None,
+            )  # fmt: skip
+        except (AuditEventRejected, TypeError):
+            pass  # the reference path below raises the reference error
+        else:
+            updates: dict[str, object] = {
+                "source_partition": source_partition,
+                "source_offset": source_offset,
+            }
+            if destination_offset is not None:
+                updates["destination_offset"] = destination_offset
+            if content is not None:
+                updates["content_hash"] = content_hash(content)
+            return _stamped(template, at, updates)
+    return _flow_transfer(
+        flow, principal, source_zone, source_topic, source_partition, source_offset,
+        destination_zone, destination_topic, outcome, content, destination_offset, reason, at,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _flow_template(
+    flow: str,
+    principal: str,
+    source_zone: str,
+    source_topic: str,
+    destination_zone: str,
+    destination_topic: str,
+    outcome: Decision,
+    reason: str | None,
+    has_destination_offset: bool,
+    has_content: bool,
+) -> AuditEvent:
+    return _flow_transfer(
+        flow, principal, source_zone, source_topic, 0, 0, destination_zone, destination_topic,
+        outcome, b"" if has_content else None, 0 if has_destination_offset else None, reason,
+        None,
+    )  # fmt: skip
+
+
+def _flow_transfer(
+    flow: str,
+    principal: str,
+    source_zone: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    destination_zone: str,
+    destination_topic: str,
+    outcome: Decision,
+    content: bytes | None,
+    destination_offset: int | None,
+    reason: str | None,
+    at: datetime | None,
+) -> AuditEvent:
     return new_event(
         FLOW_TRANSFER,
         source=f"/trustzones/flows/{flow}",
@@ -594,6 +895,34 @@ def flow_transfer(
             content_hash=content_hash(content) if content is not None else None,
         ),
     )
+
+
+def _stamped(template: AuditEvent, at: datetime | None, updates: dict[str, object]) -> AuditEvent:
+    """A copy of a checked ``template`` with a new id and time and some extra fields replaced.
+
+    The caller vouches that every name and value in ``updates`` meets the contract (integers in
+    range, digests made by :func:`content_hash`), so the copy is as valid as the template; the
+    tests compare stamped events with events built and checked from scratch.
+    """
+    now_ns = _time.time_ns()
+    tdata = template.data
+    extras = dict(tdata.__pydantic_extra__ or ())
+    extras.update(updates)
+    data = AuditData.__new__(AuditData)
+    _object_setattr(data, "__dict__", tdata.__dict__.copy())
+    _object_setattr(data, "__pydantic_extra__", extras)
+    _object_setattr(data, "__pydantic_fields_set__", tdata.__pydantic_fields_set__ | updates.keys())
+    _object_setattr(data, "__pydantic_private__", None)
+    fields = template.__dict__.copy()
+    fields["id"] = _uuid7(now_ns)
+    fields["time"] = _format_ns(now_ns) if at is None else str(_utc_time(at))
+    fields["data"] = data
+    event = AuditEvent.__new__(AuditEvent)
+    _object_setattr(event, "__dict__", fields)
+    _object_setattr(event, "__pydantic_extra__", None)
+    _object_setattr(event, "__pydantic_fields_set__", set(template.__pydantic_fields_set__))
+    _object_setattr(event, "__pydantic_private__", None)
+    return event
 
 
 def quarantine(

@@ -23,8 +23,10 @@ Every append is one ``BEGIN IMMEDIATE`` transaction that reads the tree state, e
 writes the events, the new tree state and a newly signed head together, so several processes
 may append to one file at once without ever forking the log, and a crash leaves either all of
 an append or none of it. Appends cost O(log n) time and memory: only the compact-range frontier
-(at most 64 hashes) is read and written. An ``AuditLog`` may be shared by threads (appends are
-serialised by a lock); events keep the order of the calls.
+(at most 64 hashes) is read and written. An ``AuditLog`` may be shared by threads: appends that
+arrive while another is being written are queued and written together in the next transaction
+(group commit), each batch still atomic and in call order; every caller returns only once its
+own events are durable, and if that transaction fails every caller in it raises.
 
 Every process that appends needs the signing key, because every append signs the new head
 (nothing appended through this API is ever unsigned).
@@ -41,13 +43,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
 import hashlib
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -119,6 +122,31 @@ def _frontier(size: int, blob: bytes) -> CompactRange:
     return CompactRange(size, [blob[i : i + 32] for i in range(0, len(blob), 32)])
 
 
+class _Request:
+    """One queued ``append_many``: its rows, then its leaf indices or the error that stopped it."""
+
+    __slots__ = ("done", "error", "rows", "written")
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.rows = rows
+        self.done = False
+        self.written: range | None = None
+        self.error: BaseException | None = None
+
+    def succeed(self, written: range) -> None:
+        self.written, self.done = written, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done = error, True
+
+    def outcome(self) -> range:
+        if self.error is not None:
+            # Every caller of a failed group raises; each gets its own copy of the error.
+            raise copy.copy(self.error) from self.error
+        assert self.written is not None
+        return self.written
+
+
 class AuditLog:
     """The writer of the audit zone (the product's :class:`~trustzones.audit.AuditSink`).
 
@@ -140,7 +168,10 @@ class AuditLog:
         self._signer = signer
         self._verifier = signer.verifier()
         self._interval = checkpoint_interval
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Request] = []
+        self._closed = False
+        self._writing = False  # a thread holds the connection (writing a group, or exclusive)
         self._trusted_head: str | None = None  # the last head this process checked or signed
         self._busy_timeout_s = busy_timeout_s
         self._con = _store.connect(self.path, read_only=False, busy_timeout_s=busy_timeout_s)
@@ -199,34 +230,39 @@ class AuditLog:
     # -- appending -----------------------------------------------------------------------
 
     def append(self, event: AuditEvent) -> int:
-        """Append one event durably; return its leaf index."""
+        """Append one event durably; return its leaf index.
+
+        Concurrent calls from several threads share one transaction (group commit), and each
+        returns only once its event is durable; if that transaction fails, every caller in it
+        raises."""
         return self.append_many([event]).start
 
     def append_many(self, events: Sequence[AuditEvent]) -> range:
         """Append events atomically and in order, in one transaction; return their leaf indices."""
-        # 1. Serialise and hash outside the write lock: it is the expensive part.
+        # 1. Serialise and hash outside any lock: it is the expensive part.
         rows = []
         sha = _sha256
+        canonical = canonical_json
         for event in events:
-            body = canonical_json(event)
-            d = event.data
+            body = canonical(event)
+            top = event.__dict__
+            d = top["data"].__dict__
             rows.append(
                 [
                     0,
-                    event.id,
-                    event.time,
-                    d.principal,
-                    d.zone,
-                    d.action,
-                    d.decision,
+                    top["id"],
+                    top["time"],
+                    d["principal"],
+                    d["zone"],
+                    d["action"],
+                    d["decision"],
                     sha(_LEAF + body).digest(),
                     body,
                 ]
             )
         if not rows:
             raise ValueError("append_many needs at least one event")
-        with self._lock:
-            return self._append_rows(rows)
+        return self._submit(rows)
 
     def record(self, event: AuditEvent) -> None:
         """:class:`AuditSink` entry point: append one event (durable when this returns)."""
@@ -236,6 +272,83 @@ class AuditLog:
         """:class:`AuditSink` entry point: append a batch atomically."""
         if events:
             self.append_many(events)
+
+    # -- group commit ----------------------------------------------------------------------
+    #
+    # Appends queue up; whichever caller finds no write in progress becomes the leader, takes
+    # everything queued and writes it in one transaction, then hands over. Each queued batch
+    # stays atomic (it is all in one transaction) and in call order; each caller returns when
+    # its own batch is durable, or raises if the transaction that carried it failed.
+
+    def _submit(self, rows: list[list[Any]]) -> range:
+        request = _Request(rows)
+        cond = self._cond
+        with cond:
+            if self._closed:
+                raise AuditError(f"the audit log {self.path} is closed; nothing was appended")
+            self._queue.append(request)
+            while not request.done:
+                if not self._writing:
+                    self._writing = True
+                    group, self._queue = self._queue, []
+                    break
+                cond.wait()
+            else:
+                return request.outcome()
+        try:
+            self._write_group(group)
+        finally:
+            with cond:
+                self._writing = False
+                for r in group:
+                    if not r.done:  # the leader was interrupted: fail closed
+                        r.fail(
+                            AuditError(
+                                f"appending to the audit log {self.path} was interrupted; "
+                                "the events may not be recorded"
+                            )
+                        )
+                cond.notify_all()
+        return request.outcome()
+
+    def _write_group(self, group: list[_Request]) -> None:
+        rows = group[0].rows if len(group) == 1 else [row for r in group for row in r.rows]
+        try:
+            written = self._append_rows(rows)
+        except AuditEventRejected as exc:
+            if len(group) == 1:
+                group[0].fail(exc)
+                return
+            # One batch clashes (a repeated event id): write the batches one by one, so that
+            # only the offending one fails.
+            for r in group:
+                try:
+                    r.succeed(self._append_rows(r.rows))
+                except Exception as one:
+                    r.fail(one)
+            return
+        except Exception as exc:
+            for r in group:
+                r.fail(exc)
+            return
+        start = written.start
+        for r in group:
+            r.succeed(range(start, start + len(r.rows)))
+            start += len(r.rows)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the connection without appending (waits for the group being written)."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
     def _append_rows(self, rows: list[list[Any]]) -> range:
         con = self._con
@@ -352,13 +465,13 @@ class AuditLog:
 
     def head(self) -> str:
         """The current signed head: a checkpoint note covering the whole log."""
-        with self._lock:
+        with self._exclusive():
             (head,) = self._con.execute("SELECT head FROM state").fetchone()
         return str(head)
 
     def checkpoint(self) -> str:
         """Keep the current signed head as a checkpoint and return its note (to publish)."""
-        with self._lock:
+        with self._exclusive():
             con = self._con
             self._begin_immediate()
             try:
@@ -376,7 +489,8 @@ class AuditLog:
         return head
 
     def close(self) -> None:
-        with self._lock:
+        with self._exclusive():
+            self._closed = True
             self._con.close()
 
     def __enter__(self) -> Self:

@@ -62,12 +62,73 @@ _principal = click.option(
 _json = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 
 
-def _reader(ctx: click.Context, db: Path, principal: str) -> AuditReader:
+def _kafka(ctx: click.Context) -> tuple[Any, Any] | None:
+    """(config, audit backend settings) when the workspace keeps its audit zone on Kafka."""
+    from trustzones.cli._context import CliState
+    from trustzones.config.model import AuditKafkaBackend
+
+    st = ctx.find_object(CliState)
+    if st is None or not st.path.exists():
+        return None
+    cfg = st.config()
+    backend = cfg.file.audit.backend
+    return (cfg, backend) if isinstance(backend, AuditKafkaBackend) else None
+
+
+def _kafka_login(cfg: Any, backend: Any, user: str | None) -> Any:
+    """A connection to the audit cluster as ``user`` (its SCRAM password from ``apply``), or
+    with the backend's admin login when ``user`` is None."""
+    import os
+
+    from trustzones.provision import read_credentials
+    from trustzones.streams._kafka_admin import KafkaConnection
+
+    if user is None:
+        user = backend.username
+        password = backend.password.get_secret_value() if backend.password else None
+        if password is None and backend.password_env:
+            password = os.environ.get(backend.password_env)
+    else:
+        password = read_credentials(cfg).get(backend.bootstrap, {}).get(user)
+    if password is None:
+        raise AuditError(
+            f"no Kafka password for {user!r} on the audit cluster {backend.bootstrap}: run "
+            "`trustzones apply` (it creates the audit writer and auditors), or set "
+            "audit.backend.password_env for the admin login"
+        )
+    extra = {"ssl.ca.location": backend.ssl_ca_location} if backend.ssl_ca_location else {}
+    return KafkaConnection(
+        backend.bootstrap,
+        username=user,
+        password=password,  # kept secret by the connection (SecretStr)
+        security_protocol=backend.security_protocol,
+        sasl_mechanism=backend.sasl_mechanism,
+        extra=extra,
+    )
+
+
+def _reader(ctx: click.Context, db: Path, principal: str) -> Any:
     check: AuditorCheck | None = ctx.meta.get(AUDITOR_CHECK)
     if check is None:
         raise AccessDenied(
             "reading the audit log needs the auditor role, and no auditor-role check is "
             "configured for this command; nothing is shown (fail closed)"
+        )
+    kafka = _kafka(ctx)
+    if kafka is not None:
+        from trustzones.audit._kafka import KafkaAuditReader
+
+        cfg, backend = kafka
+        if check(principal, "read") is not True:  # before any password is looked up
+            raise AccessDenied(
+                f"{principal!r} may not read the audit log: reading it needs the auditor role"
+            )
+        return KafkaAuditReader(
+            _kafka_login(cfg, backend, principal),
+            verifier=NoteVerifier.from_file(cfg.state_dir / "audit.pub"),
+            principal=principal,
+            authorize=check,
+            prefix=backend.prefix,
         )
     return AuditReader(db, principal=principal, authorize=check)
 
@@ -176,7 +237,8 @@ def search(
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="A checkpoint published earlier; the log must still extend it (repeatable).",
 )
-def verify(db: Path, public_key: Path, trusted: tuple[Path, ...]) -> None:
+@click.pass_context
+def verify(ctx: click.Context, db: Path, public_key: Path, trusted: tuple[Path, ...]) -> None:
     """Recompute the whole log and check every signature; exit 1 naming the first bad entry."""
     verifier = NoteVerifier.from_file(public_key)
     notes = [p.read_text(encoding="utf-8") for p in trusted]
@@ -192,8 +254,21 @@ def verify(db: Path, public_key: Path, trusted: tuple[Path, ...]) -> None:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+    kafka = _kafka(ctx)
     try:
-        report = verify_log(db, verifier, trusted=notes, progress=progress)
+        if kafka is not None:
+            from trustzones.audit._kafka import verify_kafka_log
+
+            cfg, backend = kafka
+            report = verify_kafka_log(
+                _kafka_login(cfg, backend, None),
+                verifier,
+                prefix=backend.prefix,
+                trusted=notes,
+                progress=progress,
+            )
+        else:
+            report = verify_log(db, verifier, trusted=notes, progress=progress)
     finally:
         if bar is not None:
             bar.stop()
@@ -249,8 +324,18 @@ def check_proof_command(proof: Any, public_key: Path) -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The log's signing key file.",
 )
-def checkpoint(db: Path, key: Path) -> None:
+@click.pass_context
+def checkpoint(ctx: click.Context, db: Path, key: Path) -> None:
     """Keep the current signed tree head as a checkpoint and print it (publish it elsewhere)."""
+    kafka = _kafka(ctx)
+    if kafka is not None:
+        from trustzones.audit._kafka import KafkaAuditLog
+
+        cfg, backend = kafka
+        conn = _kafka_login(cfg, backend, backend.writer)
+        with KafkaAuditLog(conn, signer=NoteSigner.from_file(key), prefix=backend.prefix) as klog:
+            click.echo(klog.checkpoint(), nl=False)
+        return
     if not db.is_file():
         raise AuditError(f"no audit log at {db}: check --db")
     with AuditLog.open(db, signer=NoteSigner.from_file(key)) as log:

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from trustzones.config import Config
 from trustzones.errors import TrustzonesError
+from trustzones.provision._audit import add_audit_wants
 from trustzones.provision._desired import ClusterWant, TopicWant, desired_state
 from trustzones.provision._quotas import LIBS_ENV, QuotaTool
 from trustzones.streams._kafka_admin import AclRule, KafkaAdmin, KafkaConnection
@@ -182,6 +183,7 @@ def _plan_cluster(
             sets["retention.ms"] = str(t.retention_ms)
         if t.min_insync_replicas is not None:
             sets["min.insync.replicas"] = str(t.min_insync_replicas)
+        sets.update(getattr(t, "configs", ()))  # the audit topics' cleanup.policy
         if name not in parts:
             detail = ", ".join(
                 [f"partitions={t.partitions}", *(f"{k}={v}" for k, v in sets.items())]
@@ -309,6 +311,7 @@ def _acl_name(r: AclRule) -> str:
 def make_plan(config: Config) -> list[ClusterPlan]:
     """What ``apply`` would do on every Kafka cluster of the config (reads the clusters)."""
     wants = desired_state(config)
+    add_audit_wants(config, wants)
     creds = read_credentials(config)
     plans = []
     for bootstrap, want in wants.items():
@@ -379,6 +382,7 @@ def apply_plan(
                             cfg["retention.ms"] = str(t.retention_ms)
                         if t.min_insync_replicas is not None:
                             cfg["min.insync.replicas"] = str(t.min_insync_replicas)
+                        cfg.update(getattr(t, "configs", ()))
                         new = NewTopic(
                             t.name, num_partitions=t.partitions, replication_factor=-1, config=cfg
                         )

@@ -18,11 +18,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+from pydantic import SecretStr
+
 from trustzones.audit import AuditLog, NoteSigner, content_hash
+from trustzones.audit._kafka import KafkaAuditLog
 from trustzones.audit.events import AuditEvent, new_event, record_accesses
 from trustzones.audit.notes import write_key_files
 from trustzones.config import Config
+from trustzones.config.model import AuditKafkaBackend
 from trustzones.errors import AuditError
+from trustzones.streams._kafka_admin import KafkaConnection
 
 __all__ = ["WorkspaceAudit"]
 
@@ -68,7 +74,7 @@ class WorkspaceAudit:
         self.db = config.audit_dir / "audit.db"
         self.key_path = config.state_dir / "audit.key"
         self.public_key_path = config.state_dir / "audit.pub"
-        self._log: AuditLog | None = None
+        self._log: AuditLog | KafkaAuditLog | None = None
 
     @property
     def origin(self) -> str:
@@ -81,17 +87,27 @@ class WorkspaceAudit:
             self.key_path.parent.mkdir(parents=True, exist_ok=True)
             write_key_files(NoteSigner.generate(self.origin), self.key_path, self.public_key_path)
             written += [self.key_path, self.public_key_path]
+        if isinstance(self.config.file.audit.backend, AuditKafkaBackend):
+            return written  # the topics and the writer come from `trustzones apply`
         self.log()
         written.append(self.db)
         return written
 
-    def log(self) -> AuditLog:
+    def log(self) -> AuditLog | KafkaAuditLog:
         if self._log is None:
             if not self.key_path.exists():
                 raise AuditError(
                     f"the audit signing key {self.key_path} is missing, so nothing can be "
                     "audited and nothing may happen; run `trustzones init` to create a workspace"
                 )
+            backend = self.config.file.audit.backend
+            if isinstance(backend, AuditKafkaBackend):
+                self._log = KafkaAuditLog(
+                    self._writer_login(backend),
+                    signer=NoteSigner.from_file(self.key_path),
+                    prefix=backend.prefix,
+                ).open()
+                return self._log
             self.db.parent.mkdir(parents=True, exist_ok=True)
             self._log = AuditLog.open(
                 self.db,
@@ -99,6 +115,29 @@ class WorkspaceAudit:
                 checkpoint_interval=self.config.file.audit.checkpoint_every,
             )
         return self._log
+
+    def _writer_login(self, backend: AuditKafkaBackend) -> KafkaConnection:
+        """The audit writer's login: its SCRAM password as ``trustzones apply`` stored it."""
+        path = self.config.state_dir / "kafka-credentials.yaml"
+        try:
+            doc = yaml.safe_load(path.read_text()) if path.exists() else {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise AuditError(f"{path}: cannot read the Kafka credentials ({exc})") from exc
+        password = ((doc or {}).get(backend.bootstrap) or {}).get(backend.writer)
+        if not isinstance(password, str):
+            raise AuditError(
+                f"the audit writer {backend.writer!r} has no password in {path}, so nothing can "
+                "be audited and nothing may happen; run `trustzones apply` to create it"
+            )
+        extra = {"ssl.ca.location": backend.ssl_ca_location} if backend.ssl_ca_location else {}
+        return KafkaConnection(
+            backend.bootstrap,
+            username=backend.writer,
+            password=SecretStr(password),
+            security_protocol=backend.security_protocol,
+            sasl_mechanism=backend.sasl_mechanism,
+            extra=extra,
+        )
 
     def close(self) -> None:
         if self._log is not None:
