@@ -79,11 +79,18 @@ def read_committed(cluster: Any, topic: str) -> list[Any]:
     return out
 
 
-def origins(msgs: list[Any]) -> Counter[tuple[bytes, bytes]]:
-    return Counter(
-        (dict(m.headers())["tz.source.partition"], dict(m.headers())["tz.source.offset"])
-        for m in msgs
-    )
+def origins(msgs: list[Any], zone: str, topic: str) -> Counter[tuple[bytes, bytes]]:
+    """Source positions named by the lineage headers, opened with the zone's keys (the
+    zones are encrypted at rest: the broker holds sealed envelopes only)."""
+    from trustzones.streams import Record
+
+    with Workspace.open() as ws:
+        backend: Any = ws.backend(zone)
+        records = [
+            backend.unseal(Record(topic, m.partition(), m.offset(), m.key(), m.value(), (), 0))
+            for m in msgs
+        ]
+    return Counter((r.header("tz.source.partition"), r.header("tz.source.offset")) for r in records)
 
 
 def _start(cwd: Path, batch: int, partitions: str | None = None) -> subprocess.Popen[str]:
@@ -129,9 +136,15 @@ def _check_exactly_once(
 ) -> None:
     dst_cluster = clusters[1] if layout == "dedicated" else clusters[0]
     delivered = origins(
-        read_committed(dst_cluster, backends["analytics"]["prefix"] + "analytics.transactions")
+        read_committed(dst_cluster, backends["analytics"]["prefix"] + "analytics.transactions"),
+        "analytics",
+        "analytics.transactions",
     )
-    held = origins(read_committed(clusters[0], backends["payments"]["prefix"] + QUARANTINE))
+    held = origins(
+        read_committed(clusters[0], backends["payments"]["prefix"] + QUARANTINE),
+        "payments",
+        QUARANTINE,
+    )
     assert max(delivered.values()) == 1, "a record was delivered twice"
     assert max(held.values()) == 1, "a record was quarantined twice"
     assert not set(delivered) & set(held), "a record was both delivered and quarantined"

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from zone_keys import ZoneKeys
 
+from kafka_fixtures import connection
 from trustzones.errors import StreamError, UnknownTopic
+from trustzones.streams._kafka import KafkaBackend
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import Backend, NewRecord, Record
 
@@ -28,10 +31,21 @@ class Zones(Protocol):
     def __call__(self, name: str = "z") -> Backend: ...
 
 
-@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("kafka", marks=pytest.mark.kafka),
+        pytest.param("kafka-encrypted", marks=pytest.mark.kafka),
+    ]
+)
 def zones(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Zones]:
-    """``zones(name)`` opens a handle on zone ``name`` of the backend under test."""
+    """``zones(name)`` opens a handle on zone ``name`` of the backend under test.
+
+    ``kafka-encrypted`` is a Kafka zone with encryption at rest (real zone keys): every
+    record is sealed on produce and opened on read, and the contract must not change.
+    """
     opened: list[Backend] = []
+    keys: ZoneKeys | None = None
     if request.param == "embedded":
         from trustzones.streams._embedded import EmbeddedBackend
 
@@ -46,14 +60,34 @@ def zones(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Zones]:
         clusters = len(request.getfixturevalue("kafka_clusters"))
         placement: dict[str, int] = {}
 
+        if request.param == "kafka-encrypted":
+            names = ("z", "a", "b", "restricted", "public")
+            keys = ZoneKeys(tmp_path, dict.fromkeys(names, "restricted"))
+            cluster_list = request.getfixturevalue("kafka_clusters")
+            prefix = request.getfixturevalue("kafka_prefix")
+
         def make(name: str = "z") -> Backend:
             cluster = placement.setdefault(name, len(placement) % clusters)
-            backend: Backend = factory(name, cluster=cluster)
-            return backend
+            if keys is None:
+                backend: Backend = factory(name, cluster=cluster)
+                return backend
+            sealed = KafkaBackend.from_connection(
+                name,
+                connection(cluster_list[cluster]),
+                prefix=prefix,
+                timeout_s=20.0,
+                cipher=keys.cipher(name),
+                key_secret=keys.secret(name),
+            )
+            sealed.open()
+            opened.append(sealed)
+            return sealed
 
     yield make
     for backend in opened:
         backend.close()
+    if keys is not None:
+        keys.close()
 
 
 @pytest.fixture

@@ -34,6 +34,50 @@ How the :class:`~trustzones.streams.base.Backend` contract maps onto Kafka:
   per source partition) with a "simple" group generation of -1. ``committed_offsets`` reads them
   back, so a restarted flow resumes from the destination's checkpoint.
 
+Encryption at rest (``cipher=``, what a zone with ``controls.encryption_at_rest`` gets): every
+record is stored as an envelope that the broker cannot read.
+
+- **Value** on the broker: ``b"TZK1"`` + a random 16-byte record id + the zone cipher's
+  ciphertext (:mod:`trustzones.keys`: per-zone KEK, rotating data keys, AES-256-GCM) of the
+  record's real key, headers and value together. The broker sees no headers.
+- **Associated data** binds zone, topic (the zone's name for it, without the prefix), partition
+  and the record id. Kafka assigns the offset only after the record is written, so the offset
+  cannot be bound; the record id stands in for it.
+- **Key** on the broker: ``HMAC-SHA256(secret, key)[:16]``, a pseudonym, so a card number used
+  as a key never reaches the broker, while equal keys still look equal there (compaction keeps
+  working for records of one writer). The secret is derived from the *writer's* zone keys,
+  because a flow writing down holds only a wrap-only cipher for its destination and no secret
+  of that zone: records a flow writes and records the zone's own producers write get different
+  pseudonyms for the same key. Readers never trust the broker key; the real one is inside the
+  envelope.
+- **Partition**: chosen by trustzones before sealing (it is bound): a keyed record goes to
+  ``partition_for(real key)``, Kafka's murmur2 of the real key, exactly as on an unencrypted
+  zone or the embedded backend, so per-key ordering holds across writers. The partition number
+  reveals a few bits of a non-cryptographic hash of the key; that is all the broker learns.
+
+What this prevents: reading records, keys and headers from the broker's disks, its logs, a
+mirror or a plain client with READ access; changing a record (or its partition, topic or zone)
+without detection: a record copied into another topic, partition or zone does not open there.
+What it does not prevent: **replay** of a whole record within the same partition (the copy has
+the same record id and opens; readers that care deduplicate by content or by a business id),
+deletion, truncation (retention, ``DeleteRecords``) or reordering inside a partition, and
+changes to the Kafka timestamp (not bound, as Kafka's retention uses it). Partition counts,
+record sizes, timing and key equality stay visible.
+
+A record that does not open (tampered, moved, written in plaintext by a non-trustzones client,
+or its data key unknown here) never stops a reader: ``fetch`` and consumers return it in its
+place as a record with ``key=None``, ``value=b""`` and the single header
+:data:`UNDECRYPTABLE_HEADER` holding the one opaque message of
+:class:`~trustzones.errors.DecryptionFailed`; the reason, with topic, partition and offset, goes
+to the ``audit`` callback (event ``streams.record_undecryptable``). A flow then quarantines it
+(not valid JSON) and moves on, so every record is still accounted for. A backend given a
+wrap-only cipher (a flow writing down) may produce but not read: reading raises
+:class:`~trustzones.errors.KeyAccessDenied`.
+
+The data keys' wrapped copies live in the zone's key table (``<data dir>/<zone>.keys.db``), a
+local SQLite file: every process that reads or writes an encrypted Kafka zone must see the same
+key table (one host, or a shared volume).
+
 Errors from librdkafka become :mod:`trustzones.errors` types (``UnknownTopic``,
 ``AccessDenied`` for broker ACL denials, ``AuthenticationFailed``, ``TransactionAborted``,
 :class:`~trustzones.streams._kafka_admin.KafkaUnavailable`); messages never contain passwords.
@@ -42,7 +86,12 @@ Errors from librdkafka become :mod:`trustzones.errors` types (``UnknownTopic``,
 from __future__ import annotations
 
 import contextlib
+import hmac
+import itertools
+import logging
+import os
 import re
+import struct
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,10 +102,21 @@ from pydantic import SecretStr
 
 from trustzones.errors import (
     AccessDenied,
+    DecryptionFailed,
+    KeyAccessDenied,
     StreamError,
     TransactionAborted,
     TrustzonesError,
     UnknownTopic,
+)
+from trustzones.keys._errors import OPAQUE_MESSAGE
+from trustzones.streams._embedded import (
+    RecordCipher,
+    RecordSealer,
+    _pack_headers,
+    _pack_sealed,
+    _unpack_headers,
+    _unpack_sealed,
 )
 from trustzones.streams._kafka_admin import (
     KafkaConnection,
@@ -66,6 +126,7 @@ from trustzones.streams._kafka_admin import (
     _ErrorLog,
     translate_kafka_error,
 )
+from trustzones.streams._partition import partition_for
 from trustzones.streams.base import (
     Backend,
     Consumer,
@@ -101,7 +162,27 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
         "The Kafka backend needs confluent-kafka: pip install 'trustzones[kafka]'"
     ) from exc
 
-__all__ = ["ANCHOR_PREFIX", "KafkaBackend", "ProduceFailed"]
+__all__ = [
+    "ANCHOR_PREFIX",
+    "ENVELOPE_MAGIC",
+    "UNDECRYPTABLE_HEADER",
+    "KafkaBackend",
+    "ProduceFailed",
+    "RecordAudit",
+]
+
+ENVELOPE_MAGIC = b"TZK1"
+"""First bytes of a sealed record's value on the broker (format version 1)."""
+UNDECRYPTABLE_HEADER = "tz.undecryptable"
+"""The only header of a record returned in place of one that did not open."""
+RecordAudit = Callable[[Mapping[str, object]], None]
+"""Receives ``streams.record_undecryptable`` events (reasons for the audit log)."""
+
+_OPAQUE = OPAQUE_MESSAGE.encode()
+_RID_BYTES = 16
+_BROKER_KEY_BYTES = 16
+_SEALED_AT = len(ENVELOPE_MAGIC) + _RID_BYTES
+_log = logging.getLogger("trustzones.streams.kafka")
 
 ANCHOR_PREFIX = "__tz-offsets."
 """Name prefix (after the zone prefix) of the offsets anchor topics; hidden from list_topics."""
@@ -157,14 +238,30 @@ class KafkaBackend(Backend):
         client_config: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
         linger_ms: int = 5,
+        cipher: RecordSealer | None = None,
+        key_secret: bytes | None = None,
+        audit: RecordAudit | None = None,
     ) -> None:
+        """``cipher`` seals records at rest (a :class:`RecordCipher` also opens them; a
+        wrap-only sealer may only write); ``key_secret`` (≥ 16 bytes, required with a cipher)
+        keys the HMAC pseudonyms of record keys on the broker; ``audit`` receives the reasons
+        records did not open."""
         if prefix and not _TOPIC_NAME.fullmatch(prefix):
             raise TrustzonesError(
                 f"zone {zone!r}: Kafka prefix {prefix!r} may only use letters, digits, '.', '_' "
                 "and '-'"
             )
+        if cipher is not None and (key_secret is None or len(key_secret) < 16):
+            raise TrustzonesError(
+                f"zone {zone!r}: an encrypted Kafka zone needs a key_secret of at least 16 "
+                "bytes for the pseudonyms of record keys"
+            )
         self.zone = zone
         self.prefix = prefix
+        self._cipher = cipher
+        self._key_secret = key_secret or b""
+        self._audit = audit
+        self._rr = itertools.count()
         self.connection = KafkaConnection(
             bootstrap,
             username=username,
@@ -187,7 +284,15 @@ class KafkaBackend(Backend):
 
     @classmethod
     def from_connection(
-        cls, zone: str, connection: KafkaConnection, *, prefix: str = "", timeout_s: float = 30.0
+        cls,
+        zone: str,
+        connection: KafkaConnection,
+        *,
+        prefix: str = "",
+        timeout_s: float = 30.0,
+        cipher: RecordSealer | None = None,
+        key_secret: bytes | None = None,
+        audit: RecordAudit | None = None,
     ) -> KafkaBackend:
         return cls(
             zone,
@@ -199,12 +304,125 @@ class KafkaBackend(Backend):
             sasl_mechanism=connection.sasl_mechanism,
             client_config=connection.extra,
             timeout_s=timeout_s,
+            cipher=cipher,
+            key_secret=key_secret,
+            audit=audit,
         )
 
     def __repr__(self) -> str:
+        sealed = "" if self._cipher is None else ", encrypted"
         return (
             f"KafkaBackend(zone={self.zone!r}, bootstrap={self.connection.bootstrap!r}, "
-            f"username={self.connection.username!r}, prefix={self.prefix!r})"
+            f"username={self.connection.username!r}, prefix={self.prefix!r}{sealed})"
+        )
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether records are sealed at rest by this backend."""
+        return self._cipher is not None
+
+    # -- encryption at rest ---------------------------------------------------------------
+    def _aad(self, topic: str, partition: int, rid: bytes) -> bytes:
+        return b"tz.kafka.v1\x00%s\x00%s\x00%d\x00%s" % (
+            self.zone.encode(),
+            topic.encode(),
+            partition,
+            rid,
+        )
+
+    def _seal(
+        self, cipher: RecordSealer, topic: str, record: NewRecord
+    ) -> tuple[bytes | None, bytes, int]:
+        """(broker key, broker value, partition) of ``record`` sealed for ``topic``."""
+        if record.partition is not None:
+            partition = record.partition
+        elif record.key is not None:
+            partition = partition_for(record.key, self.partition_count(topic))
+        else:
+            partition = next(self._rr) % self.partition_count(topic)
+        rid = os.urandom(_RID_BYTES)
+        headers = _pack_headers(record.headers) if record.headers else b""
+        sealed = cipher.seal(
+            _pack_sealed(record.key, headers, record.value), aad=self._aad(topic, partition, rid)
+        )
+        key = None
+        if record.key is not None:
+            key = hmac.digest(self._key_secret, record.key, "sha256")[:_BROKER_KEY_BYTES]
+        return key, ENVELOPE_MAGIC + rid + sealed, partition
+
+    def _reader(self) -> RecordCipher:
+        cipher = self._cipher
+        if not isinstance(cipher, RecordCipher):
+            raise KeyAccessDenied(
+                f"this process may write to zone {self.zone!r} but not read it (wrap-only keys)"
+            )
+        return cipher
+
+    def unseal(self, stored: Record) -> Record:
+        """Open a record that another client read from the broker (for example a plain
+        ``read_committed`` consumer checking exactly-once): ``stored`` carries the broker's
+        key and value and the zone's name for the topic (without the prefix). Returns it as
+        produced, or its undecryptable stand-in; unchanged on a zone without encryption."""
+        if self._cipher is None:
+            return stored
+        return self._open(self._reader(), stored)
+
+    def _open(self, cipher: RecordCipher, stored: Record) -> Record:
+        """The record as produced, or its undecryptable stand-in (the reason is audited)."""
+        value = stored.value
+        if len(value) <= _SEALED_AT or not value.startswith(ENVELOPE_MAGIC):
+            return self._undecryptable(stored, "record is not a trustzones envelope (plaintext?)")
+        rid = value[len(ENVELOPE_MAGIC) : _SEALED_AT]
+        try:
+            plain = cipher.open(
+                value[_SEALED_AT:], aad=self._aad(stored.topic, stored.partition, rid)
+            )
+        except DecryptionFailed:
+            return self._undecryptable(
+                stored,
+                "record does not open here: changed, moved from another topic, partition or "
+                "zone, or sealed under a key this zone does not hold",
+            )
+        try:
+            key, headers, body = _unpack_sealed(plain)
+            unpacked = _unpack_headers(headers)
+        except (struct.error, UnicodeDecodeError):
+            return self._undecryptable(stored, "record opened but its contents are malformed")
+        return Record(
+            stored.topic, stored.partition, stored.offset, key, body, unpacked, stored.timestamp_ms
+        )
+
+    def _undecryptable(self, stored: Record, reason: str) -> Record:
+        event = {
+            "type": "streams.record_undecryptable",
+            "zone": self.zone,
+            "topic": stored.topic,
+            "partition": stored.partition,
+            "offset": stored.offset,
+            "reason": reason,
+        }
+        try:
+            if self._audit is not None:
+                self._audit(event)
+            else:
+                _log.warning(
+                    "zone %r: record %s/%d@%d withheld: %s",
+                    self.zone,
+                    stored.topic,
+                    stored.partition,
+                    stored.offset,
+                    reason,
+                )
+        except Exception:  # the record stays withheld even if the reason cannot be recorded
+            _log.exception("audit callback failed while recording an undecryptable record")
+        return Record(
+            stored.topic,
+            stored.partition,
+            stored.offset,
+            None,
+            b"",
+            ((UNDECRYPTABLE_HEADER, _OPAQUE),),
+            stored.timestamp_ms,
         )
 
     # -- plumbing -------------------------------------------------------------------------
@@ -511,13 +729,24 @@ class KafkaBackend(Backend):
         on_delivery: Callable[[KafkaError | None, Message], None],
         topic: str,
     ) -> None:
-        kwargs: dict[str, Any] = {"value": record.value, "on_delivery": on_delivery}
-        if record.key is not None:
-            kwargs["key"] = record.key
-        if record.headers:
-            kwargs["headers"] = list(record.headers)
-        if record.partition is not None:
-            kwargs["partition"] = record.partition
+        cipher = self._cipher
+        if cipher is not None:
+            key, value, partition = self._seal(cipher, topic, record)
+            kwargs: dict[str, Any] = {
+                "value": value,
+                "partition": partition,
+                "on_delivery": on_delivery,
+            }
+            if key is not None:
+                kwargs["key"] = key
+        else:
+            kwargs = {"value": record.value, "on_delivery": on_delivery}
+            if record.key is not None:
+                kwargs["key"] = record.key
+            if record.headers:
+                kwargs["headers"] = list(record.headers)
+            if record.partition is not None:
+                kwargs["partition"] = record.partition
         if record.timestamp_ms is not None:
             kwargs["timestamp"] = record.timestamp_ms
         while True:
@@ -556,6 +785,7 @@ class KafkaBackend(Backend):
         self, topic: str, partition: int, offset: int, *, max_records: int = 500
     ) -> list[Record]:
         self._check_partition(topic, partition)
+        reader = None if self._cipher is None else self._reader()
         if max_records < 1:
             return []
         fetcher = self._get_fetcher()
@@ -589,7 +819,7 @@ class KafkaBackend(Backend):
                     err = msg.error()
                     if err is None:
                         record = _record(topic, msg)
-                        out.append(record)
+                        out.append(record if reader is None else self._open(reader, record))
                         done = done or record.offset >= stable - 1
                     elif err.code() == KafkaError._PARTITION_EOF:
                         done = True
@@ -1017,12 +1247,14 @@ class _KafkaConsumer(Consumer):
         self._kb = backend
         self._client: RdConsumer | None = None
         self._at_end: dict[int, bool] = {}
+        self._reader: RecordCipher | None = None
 
     def _init(self) -> None:
         if self._initialised:
             return
-        super()._init()  # positions from the group / start, as every backend does
         kb = self._kb
+        self._reader = None if kb._cipher is None else kb._reader()
+        super()._init()  # positions from the group / start, as every backend does
         self._client = RdConsumer(kb._consumer_config("consumer", self.group))
         name = kb._t(self.topic)
         self._client.assign([TopicPartition(name, p, o) for p, o in self._positions.items()])
@@ -1060,7 +1292,8 @@ class _KafkaConsumer(Consumer):
                 err = msg.error()
                 if err is None:
                     record = _record(self.topic, msg)
-                    out.append(record)
+                    reader = self._reader
+                    out.append(record if reader is None else kb._open(reader, record))
                     self._positions[record.partition] = record.offset + 1
                     self._at_end[record.partition] = False
                 elif err.code() == KafkaError._PARTITION_EOF:

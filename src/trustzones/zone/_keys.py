@@ -21,6 +21,7 @@ from typing import Any
 from trustzones.config import Config
 from trustzones.keys import KeyRing, LocalKeystore, MasterKey, SqliteKeyTable
 from trustzones.keys._table import KeyTable
+from trustzones.streams._embedded import RecordSealer
 
 __all__ = ["WorkspaceKeys", "master_key_env"]
 
@@ -101,6 +102,18 @@ class WorkspaceKeys:
             )
             self._rings[acting_zone] = r
         return r
+
+    def record_sealing(self, zone: str, acting_zone: str) -> tuple[RecordSealer, bytes]:
+        """How a process acting for ``acting_zone`` seals ``zone``'s records on Kafka.
+
+        The cipher opens records too when the zone is the acting zone (a wrap-only sealer
+        otherwise: a flow writing down). The secret keys the HMAC pseudonyms of record keys
+        on the broker; it comes from the *acting* zone's keys (a wrap-only writer holds no
+        secret of the zone it writes into), bound to ``zone`` by its purpose.
+        """
+        ring = self.ring(acting_zone)
+        cipher: RecordSealer = ring.cipher(zone) if zone == acting_zone else ring.wrap_only(zone)
+        return cipher, ring.secret(acting_zone, f"streams/kafka-key/{zone}")
 
     def _audit(self, event: Mapping[str, Any]) -> None:
         assert self._emit is not None

@@ -17,7 +17,7 @@ are checked at ingress (size, JSON, schema, rate) and stored with lineage header
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from trustzones.access import Identity
 from trustzones.config import CONFIG_FILENAME, Config
 from trustzones.config.model import EmbeddedBackend as EmbeddedSettings
+from trustzones.config.model import KafkaBackend as KafkaSettings
 from trustzones.errors import AccessDenied, AuthenticationFailed, RecordRejected, StreamError
 from trustzones.streams import Backend, EmbeddedBackend, NewRecord, Record, RecordPosition
 from trustzones.streams.base import StartFrom
@@ -38,7 +39,9 @@ from trustzones.zone._authz import Action, Authorizer, Decision, utcnow
 from trustzones.zone._ingress import TokenBucket, TopicValidator
 from trustzones.zone._keys import WorkspaceKeys
 
-__all__ = ["ProduceResult", "Workspace", "ZoneConsumer", "find_config"]
+__all__ = ["KAFKA_PRINCIPAL_ENV", "ProduceResult", "Workspace", "ZoneConsumer", "find_config"]
+
+KAFKA_PRINCIPAL_ENV = "TRUSTZONES_KAFKA_PRINCIPAL"
 
 Who = str | Identity
 
@@ -72,12 +75,15 @@ class Workspace:
         *,
         authorizer: Authorizer | None = None,
         clock: Callable[[], datetime] = utcnow,
+        kafka_principal: str | None = None,
     ) -> None:
         self.config = config
         self._authorizer = authorizer
         self.clock = clock
         self._access: WorkspaceAccess | None = None
-        self._backends: dict[tuple[str, str], Backend] = {}
+        self._backends: dict[tuple[str, str, str], Backend] = {}
+        self.kafka_principal = kafka_principal or os.environ.get(KAFKA_PRINCIPAL_ENV) or None
+        """Who this process logs in to Kafka zones as by default (``None``: the zone user)."""
         self._keys: WorkspaceKeys | None = None
         self.event_sinks: list[Callable[[str, dict[str, Any]], None]] = []
         self._audit: WorkspaceAudit | None = None
@@ -97,7 +103,7 @@ class Workspace:
         self.close()
 
     def close(self) -> None:
-        for b in self._backends.values():
+        for b in {id(b): b for b in self._backends.values()}.values():
             b.close()
         self._backends.clear()
         if self._keys is not None:
@@ -141,71 +147,147 @@ class Workspace:
         return self._keys
 
     # -- zones ----------------------------------------------------------------------------
-    def backend(self, zone: str, *, acting_for: str | None = None) -> Backend:
+    def backend(
+        self, zone: str, *, acting_for: str | None = None, principal: str | None = None
+    ) -> Backend:
         """The open storage of ``zone`` (trusted internal use: no authorization here).
 
         Records are sealed with the zone's keys when the zone asks for encryption at rest.
         ``acting_for`` names the zone this process works for, when it is another one: a flow
         running in its source zone writes into its destination with a wrap-only cipher, so it
         can seal new records there but cannot open the ones already stored.
+
+        ``principal`` (Kafka zones only) is who logs in to the broker: that principal's SCRAM
+        user, with the password ``trustzones apply`` wrote to
+        ``.trustzones/kafka-credentials.yaml``, so the broker's least-privilege ACLs for it
+        apply. It defaults to :attr:`kafka_principal`, the process's own login
+        (``TRUSTZONES_KAFKA_PRINCIPAL``); with neither, the zone's configured user logs in.
+        A principal without a password there is an error, unless the zone's backend sets
+        ``zone_user_fallback: true``, which logs in as the zone user instead.
         """
         acting = acting_for or zone
-        b = self._backends.get((zone, acting))
-        if b is not None:
-            return b
         spec = self.config.zones[zone]
         settings = spec.backend
         if isinstance(settings, EmbeddedSettings):
+            b = self._backends.get((zone, acting, ""))
+            if b is not None:
+                return b
             cipher = None
             if spec.controls.encryption_at_rest:
                 ring = self.keys.ring(acting)
                 cipher = ring.cipher(zone) if acting == zone else ring.wrap_only(zone)
             path = self.config.data_dir(zone) / f"{zone}.db"
             b = EmbeddedBackend(zone, path, cipher=cipher)
-        else:
-            # Kafka: a dedicated cluster (empty prefix) or a virtual cluster on a shared one
-            # (topics, groups and transactional ids under ``prefix``, isolated by ACLs). Records
-            # are stored as produced: Kafka assigns the offset only once a record is written, so
-            # a cipher cannot bind it as AAD; the broker's ACLs keep the zones apart instead. No
-            # cipher also means nothing differs by ``acting_for``: one connection serves both.
-            b = self._backends.get((zone, zone))
-            if b is None:
-                from trustzones.streams._kafka import KafkaBackend
-
-                password = settings.password
-                if password is None and settings.password_env:
-                    value = os.environ.get(settings.password_env)
-                    if value is None:
-                        raise StreamError(
-                            f"zone {zone!r}: the Kafka password is read from the environment "
-                            f"variable {settings.password_env!r}, which is not set. Export it "
-                            "before running."
-                        )
-                    password = SecretStr(value)
-                if password is None:
-                    raise StreamError(
-                        f"zone {zone!r}: the Kafka backend needs a password for "
-                        f"{settings.username!r}: set backend.password_env (recommended) or "
-                        "backend.password in trustzones.yaml."
-                    )
-                ca = settings.ssl_ca_location
-                b = KafkaBackend(
-                    zone,
-                    bootstrap=settings.bootstrap,
-                    username=settings.username,
-                    password=password,
-                    prefix=settings.prefix,
-                    security_protocol=settings.security_protocol,
-                    sasl_mechanism=settings.sasl_mechanism,
-                    client_config={"ssl.ca.location": ca} if ca else {},
-                )
-                b.open()
-                self._backends[(zone, zone)] = b
-            self._backends[(zone, acting)] = b
+            b.open()
+            self._backends[(zone, acting, "")] = b
             return b
-        b.open()
-        self._backends[(zone, acting)] = b
+        # Kafka: a dedicated cluster (empty prefix) or a virtual cluster on a shared one
+        # (topics, groups and transactional ids under ``prefix``, isolated by ACLs). Without
+        # encryption nothing differs by ``acting_for``: one connection serves both.
+        login = principal or self.kafka_principal or ""
+        sealed = spec.controls.encryption_at_rest
+        key = (zone, acting if sealed else zone, login)
+        b = self._backends.get(key)
+        if b is None:
+            b = self._open_kafka(zone, settings, acting if sealed else None, login or None)
+            self._backends[key] = b
         return b
+
+    def _open_kafka(
+        self, zone: str, settings: KafkaSettings, acting: str | None, principal: str | None
+    ) -> Backend:
+        from trustzones.streams._kafka import KafkaBackend
+
+        username, password = self._kafka_login(zone, settings, principal)
+        cipher = None
+        key_secret = None
+        if acting is not None:
+            cipher, key_secret = self.keys.record_sealing(zone, acting)
+        ca = settings.ssl_ca_location
+        b = KafkaBackend(
+            zone,
+            bootstrap=settings.bootstrap,
+            username=username,
+            password=password,
+            prefix=settings.prefix,
+            security_protocol=settings.security_protocol,
+            sasl_mechanism=settings.sasl_mechanism,
+            client_config={"ssl.ca.location": ca} if ca else {},
+            cipher=cipher,
+            key_secret=key_secret,
+            audit=self._audit_record_event,
+        )
+        b.open()
+        return b
+
+    def _audit_record_event(self, event: Mapping[str, object]) -> None:
+        data = dict(event)
+        self.emit(str(data.pop("type")), data)
+
+    def _kafka_login(
+        self, zone: str, settings: KafkaSettings, principal: str | None
+    ) -> tuple[str, SecretStr]:
+        """Username and password for ``zone``'s cluster (never logged, never in errors)."""
+        if principal is not None:
+            if principal not in self.config.principals:
+                raise AuthenticationFailed(
+                    f"zone {zone!r}: cannot log in to Kafka as {principal!r}: no such principal "
+                    "in trustzones.yaml"
+                )
+            found = self._kafka_password(settings.bootstrap, principal)
+            if found is not None:
+                return principal, found
+            if not settings.zone_user_fallback:
+                raise AuthenticationFailed(
+                    f"zone {zone!r}: no Kafka password for principal {principal!r} on cluster "
+                    f"{settings.bootstrap} in {self._credentials_path()}. Run `trustzones "
+                    f"apply` (it creates the SCRAM user and stores its password there), or set "
+                    f"backend.zone_user_fallback: true on zone {zone!r} to log in as "
+                    f"{settings.username!r} instead."
+                )
+        password = settings.password
+        if password is None and settings.password_env:
+            value = os.environ.get(settings.password_env)
+            if value is None:
+                raise StreamError(
+                    f"zone {zone!r}: the Kafka password is read from the environment "
+                    f"variable {settings.password_env!r}, which is not set. Export it "
+                    "before running."
+                )
+            password = SecretStr(value)
+        if password is None:
+            raise StreamError(
+                f"zone {zone!r}: the Kafka backend needs a password for "
+                f"{settings.username!r}: set backend.password_env (recommended) or "
+                "backend.password in trustzones.yaml."
+            )
+        return settings.username, password
+
+    def _credentials_path(self) -> Path:
+        from trustzones.provision._plan import CREDENTIALS_FILE
+
+        return self.config.state_dir / CREDENTIALS_FILE
+
+    def _kafka_password(self, bootstrap: str, principal: str) -> SecretStr | None:
+        """``principal``'s SCRAM password on ``bootstrap`` from the credentials file, if any.
+
+        The file holds every service's password: one that group or others may read is
+        refused (fail closed), as ssh refuses a readable private key.
+        """
+        from trustzones.provision._plan import read_credentials
+
+        path = self._credentials_path()
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            return None
+        if mode & 0o077:
+            raise AuthenticationFailed(
+                f"{path} is readable by group or others (mode {mode & 0o777:04o}); it holds "
+                f"Kafka passwords. Run `chmod 600 {path}`."
+            )
+        value = read_credentials(self.config).get(bootstrap, {}).get(principal)
+        return SecretStr(value) if value else None
 
     def backend_for_topic(self, topic: str) -> Backend:
         return self.backend(self.config.topics[topic].zone)
