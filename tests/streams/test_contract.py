@@ -8,20 +8,31 @@ SQLite connection, other librdkafka clients), used to check what *other* readers
 
 Offsets are only assumed contiguous for plain ``produce``: on Kafka every transaction commit
 or abort takes an offset for its marker.
+
+The ``-encrypted`` variants seal every record with real zone keys. On them the tamper tests
+change stored records behind the backend's back (SQLite edited directly; a plain admin client
+on the broker) and check that a record that does not open is withheld the same way on both.
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
+from broker_raw import raw_read, raw_write
 from zone_keys import ZoneKeys
 
-from kafka_fixtures import connection
-from trustzones.errors import StreamError, UnknownTopic
+from kafka_fixtures import KafkaCluster, connection
+from trustzones.errors import KeyAccessDenied, StreamError, UnknownTopic
+from trustzones.keys._errors import OPAQUE_MESSAGE
+from trustzones.streams._embedded import EmbeddedBackend
 from trustzones.streams._kafka import KafkaBackend
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import Backend, NewRecord, Record
@@ -31,9 +42,230 @@ class Zones(Protocol):
     def __call__(self, name: str = "z") -> Backend: ...
 
 
+class Tamper(Protocol):
+    """Changes stored records behind the backend's back; each method returns the offset at
+    which the bad record now sits."""
+
+    def change(self, zone: str, topic: str, partition: int, offset: int) -> int:
+        """Flip the last stored byte of a record (in place where storage allows, else as a
+        changed copy appended to the same partition)."""
+        ...
+
+    def copy(
+        self, zone: str, topic: str, partition: int, offset: int, *, to: tuple[str, str, int]
+    ) -> int:
+        """Append the stored bytes of a record to ``to`` = (zone, topic, partition)."""
+        ...
+
+
+@dataclass
+class Sealed:
+    """Encrypted zones of the backend under test, with what the tamper tests need."""
+
+    zones: Zones
+    wrap_only: Callable[[str, str], Backend]  # (zone, acting zone) → a writer that cannot read
+    tamper: Tamper
+    events: list[dict[str, object]]  # the backends' audit events (records withheld)
+
+
+class SqliteTamper:
+    """Edits the zone files with plain sqlite3 (the layout in ``_embedded.py``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _db(self, zone: str) -> sqlite3.Connection:
+        return sqlite3.connect(self.root / f"{zone}.db", isolation_level=None)
+
+    def change(self, zone: str, topic: str, partition: int, offset: int) -> int:
+        db = self._db(zone)
+        try:
+            where = (topic, partition, offset)
+            (value,) = db.execute(
+                'SELECT value FROM records WHERE topic=? AND partition=? AND "offset"=?', where
+            ).fetchone()
+            changed = value[:-1] + bytes([value[-1] ^ 1])
+            db.execute(
+                'UPDATE records SET value=? WHERE topic=? AND partition=? AND "offset"=?',
+                (changed, *where),
+            )
+        finally:
+            db.close()
+        return offset
+
+    def copy(
+        self, zone: str, topic: str, partition: int, offset: int, *, to: tuple[str, str, int]
+    ) -> int:
+        src = self._db(zone)
+        try:
+            row = src.execute(
+                "SELECT key, value, headers, ts FROM records "
+                'WHERE topic=? AND partition=? AND "offset"=?',
+                (topic, partition, offset),
+            ).fetchone()
+        finally:
+            src.close()
+        to_zone, to_topic, to_partition = to
+        dst = self._db(to_zone)
+        try:
+            dst.execute("BEGIN IMMEDIATE")
+            (at,) = dst.execute(
+                "SELECT next_offset FROM partitions WHERE topic=? AND partition=?",
+                (to_topic, to_partition),
+            ).fetchone()
+            dst.execute(
+                'INSERT INTO records (topic, partition, "offset", key, value, headers, ts) '
+                "VALUES (?,?,?,?,?,?,?)",
+                (to_topic, to_partition, at, *row),
+            )
+            dst.execute(
+                "UPDATE partitions SET next_offset=? WHERE topic=? AND partition=?",
+                (at + 1, to_topic, to_partition),
+            )
+            dst.execute("COMMIT")
+        finally:
+            dst.close()
+        return int(at)
+
+
+class BrokerTamper:
+    """Writes on the broker with a plain admin client (Kafka records cannot be edited, so a
+    changed record is a changed copy appended to the same partition)."""
+
+    def __init__(self, cluster_of: Callable[[str], KafkaCluster], prefix: str) -> None:
+        self.cluster_of = cluster_of
+        self.prefix = prefix
+
+    def _stored(self, zone: str, topic: str, partition: int, offset: int) -> Any:
+        cluster = self.cluster_of(zone)
+        name = self.prefix + topic
+        partitions = partition + 1
+        (msg,) = [
+            m
+            for m in raw_read(cluster, name, partitions)
+            if (m.partition(), m.offset()) == (partition, offset)
+        ]
+        return msg
+
+    def change(self, zone: str, topic: str, partition: int, offset: int) -> int:
+        msg = self._stored(zone, topic, partition, offset)
+        value = msg.value()
+        changed = value[:-1] + bytes([value[-1] ^ 1])
+        return raw_write(self.cluster_of(zone), self.prefix + topic, partition, msg, changed)
+
+    def copy(
+        self, zone: str, topic: str, partition: int, offset: int, *, to: tuple[str, str, int]
+    ) -> int:
+        msg = self._stored(zone, topic, partition, offset)
+        to_zone, to_topic, to_partition = to
+        cluster = self.cluster_of(to_zone)
+        return raw_write(cluster, self.prefix + to_topic, to_partition, msg, msg.value())
+
+
+@dataclass
+class Opened:
+    """Zones of one backend kind; ``wrap_only`` and ``tamper`` only where records are sealed."""
+
+    zones: Zones
+    events: list[dict[str, object]]
+    wrap_only: Callable[[str, str], Backend] | None = None
+    tamper: Tamper | None = None
+
+
+@contextmanager
+def open_zones(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opened]:
+    """Zones of backend ``kind``; every handle and key ring is closed on exit.
+
+    ``-encrypted`` kinds seal records with real zone keys (:class:`ZoneKeys`), and send the
+    backend's audit events (records withheld) to ``Opened.events``.
+    """
+    opened: list[Backend] = []
+    events: list[dict[str, object]] = []
+    keys: ZoneKeys | None = None
+    if kind.endswith("-encrypted"):
+        names = ("z", "a", "b", "restricted", "public")
+        keys = ZoneKeys(tmp_path, dict.fromkeys(names, "restricted"))
+
+    def audit(event: Mapping[str, object]) -> None:
+        events.append(dict(event))
+
+    def keep(backend: Backend) -> Backend:
+        backend.open()
+        opened.append(backend)
+        return backend
+
+    try:
+        if kind.startswith("embedded"):
+
+            def embedded(name: str, cipher: Any) -> Backend:
+                return keep(
+                    EmbeddedBackend(name, tmp_path / f"{name}.db", cipher=cipher, audit=audit)
+                )
+
+            def make(name: str = "z") -> Backend:
+                return embedded(name, keys.cipher(name) if keys is not None else None)
+
+            if keys is None:
+                yield Opened(make, events)
+            else:
+                sealing = keys
+
+                def writer(name: str, acting: str) -> Backend:
+                    return embedded(name, sealing.wrap_only(name, acting=acting))
+
+                yield Opened(make, events, writer, SqliteTamper(tmp_path))
+            return
+
+        factory = request.getfixturevalue("kafka_backend")
+        cluster_list: list[KafkaCluster] = request.getfixturevalue("kafka_clusters")
+        prefix: str = request.getfixturevalue("kafka_prefix")
+        placement: dict[str, int] = {}
+
+        def cluster_of(name: str) -> int:
+            return placement.setdefault(name, len(placement) % len(cluster_list))
+
+        if keys is None:
+
+            def plain(name: str = "z") -> Backend:
+                backend: Backend = factory(name, cluster=cluster_of(name))
+                return backend
+
+            yield Opened(plain, events)
+            return
+        sealing = keys
+
+        def kafka(name: str, acting: str) -> Backend:
+            cipher = (
+                sealing.cipher(name) if acting == name else sealing.wrap_only(name, acting=acting)
+            )
+            return keep(
+                KafkaBackend.from_connection(
+                    name,
+                    connection(cluster_list[cluster_of(name)]),
+                    prefix=prefix,
+                    timeout_s=20.0,
+                    cipher=cipher,
+                    key_secret=sealing.secret(name, acting=acting),
+                    audit=audit,
+                )
+            )
+
+        def sealed_make(name: str = "z") -> Backend:
+            return kafka(name, name)
+
+        tamper = BrokerTamper(lambda name: cluster_list[cluster_of(name)], prefix)
+        yield Opened(sealed_make, events, kafka, tamper)
+    finally:
+        for backend in opened:
+            backend.close()
+        if keys is not None:
+            keys.close()
+
+
 @pytest.fixture(
     params=[
         "embedded",
+        "embedded-encrypted",
         pytest.param("kafka", marks=pytest.mark.kafka),
         pytest.param("kafka-encrypted", marks=pytest.mark.kafka),
     ]
@@ -41,53 +273,21 @@ class Zones(Protocol):
 def zones(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Zones]:
     """``zones(name)`` opens a handle on zone ``name`` of the backend under test.
 
-    ``kafka-encrypted`` is a Kafka zone with encryption at rest (real zone keys): every
-    record is sealed on produce and opened on read, and the contract must not change.
+    On the ``-encrypted`` kinds every record is sealed on produce and opened on read (real
+    zone keys), and the contract must not change.
     """
-    opened: list[Backend] = []
-    keys: ZoneKeys | None = None
-    if request.param == "embedded":
-        from trustzones.streams._embedded import EmbeddedBackend
+    with open_zones(request.param, request, tmp_path) as opened:
+        yield opened.zones
 
-        def make(name: str = "z") -> Backend:
-            backend = EmbeddedBackend(name, tmp_path / f"{name}.db")
-            backend.open()
-            opened.append(backend)
-            return backend
 
-    else:
-        factory = request.getfixturevalue("kafka_backend")
-        clusters = len(request.getfixturevalue("kafka_clusters"))
-        placement: dict[str, int] = {}
-
-        if request.param == "kafka-encrypted":
-            names = ("z", "a", "b", "restricted", "public")
-            keys = ZoneKeys(tmp_path, dict.fromkeys(names, "restricted"))
-            cluster_list = request.getfixturevalue("kafka_clusters")
-            prefix = request.getfixturevalue("kafka_prefix")
-
-        def make(name: str = "z") -> Backend:
-            cluster = placement.setdefault(name, len(placement) % clusters)
-            if keys is None:
-                backend: Backend = factory(name, cluster=cluster)
-                return backend
-            sealed = KafkaBackend.from_connection(
-                name,
-                connection(cluster_list[cluster]),
-                prefix=prefix,
-                timeout_s=20.0,
-                cipher=keys.cipher(name),
-                key_secret=keys.secret(name),
-            )
-            sealed.open()
-            opened.append(sealed)
-            return sealed
-
-    yield make
-    for backend in opened:
-        backend.close()
-    if keys is not None:
-        keys.close()
+@pytest.fixture(
+    params=["embedded-encrypted", pytest.param("kafka-encrypted", marks=pytest.mark.kafka)]
+)
+def sealed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sealed]:
+    """Encrypted zones of each backend, for the tamper tests."""
+    with open_zones(request.param, request, tmp_path) as opened:
+        assert opened.wrap_only is not None and opened.tamper is not None
+        yield Sealed(opened.zones, opened.wrap_only, opened.tamper, opened.events)
 
 
 @pytest.fixture
@@ -348,3 +548,103 @@ def test_transactions_of_one_zone_do_not_touch_another(zones: Zones) -> None:
         tx.produce("t", [NewRecord(value=b"from b")])
     assert values(read_all(a, "t", 0)) == [b"from a"]
     assert values(read_all(b, "t", 0)) == [b"from b"]
+
+
+# -- records that do not decrypt ------------------------------------------------------------
+# Sealed records bind zone, topic and partition (and the offset, or on Kafka a record id), so a
+# changed or moved record does not open. It is withheld, never raised: the reader gets a
+# stand-in at its offset carrying only the opaque message, the reason goes to the backend's
+# audit callback, and reading goes on.
+STAND_IN = (None, b"", (("tz.undecryptable", OPAQUE_MESSAGE.encode()),))
+DOES_NOT_OPEN = (
+    "record does not open here: changed, moved from another topic, partition or zone, or "
+    "sealed under a key this zone does not hold"
+)
+PAN = b'{"card": "4111111111111111"}'
+
+
+def contents(records: list[Record]) -> dict[int, tuple[bytes | None, bytes, tuple[Any, ...]]]:
+    """Offset → (key, value, headers), checking the offsets come in order."""
+    offsets = [r.offset for r in records]
+    assert offsets == sorted(set(offsets))
+    return {r.offset: (r.key, r.value, r.headers) for r in records}
+
+
+def withheld(zone: str, topic: str, partition: int, offset: int) -> dict[str, object]:
+    return {
+        "type": "streams.record_undecryptable",
+        "zone": zone,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "reason": DOES_NOT_OPEN,
+    }
+
+
+def test_a_changed_record_is_withheld_and_the_reader_goes_on(sealed: Sealed) -> None:
+    backend = sealed.zones("z")
+    backend.ensure_topic("t", partitions=2)
+    headers = (("trace", b"1"),)
+    first = backend.produce(
+        "t", [NewRecord(key=b"k%d" % i, value=PAN, headers=headers, partition=0) for i in range(2)]
+    )
+    bad = sealed.tamper.change("z", "t", 0, first[1].offset)
+    [after] = backend.produce("t", [NewRecord(key=b"k2", value=b"after", partition=0)])
+    expected = {p.offset: (b"k%d" % i, PAN, headers) for i, p in enumerate(first)}
+    expected[bad] = STAND_IN
+    expected[after.offset] = (b"k2", b"after", ())
+
+    assert contents(read_all(backend, "t", 0)) == expected
+    consumer = backend.consumer("t", start="earliest")
+    assert contents(list(consumer.iter_until_end())) == expected
+    assert consumer.lag() == 0
+    # Another handle on the zone (a restarted reader) withholds it too.
+    assert contents(read_all(sealed.zones("z"), "t", 0)) == expected
+    assert sealed.events == [withheld("z", "t", 0, bad)] * 3
+
+
+def test_a_record_moved_to_another_partition_topic_or_zone_is_withheld(sealed: Sealed) -> None:
+    a, b = sealed.zones("a"), sealed.zones("b")
+    a.ensure_topic("t", partitions=2)
+    a.ensure_topic("u", partitions=1)
+    b.ensure_topic("t", partitions=2)
+    [original] = a.produce("t", [NewRecord(key=b"k", value=PAN, partition=0)])
+    moves = {
+        ("a", "t", 1): sealed.tamper.copy("a", "t", 0, original.offset, to=("a", "t", 1)),
+        ("a", "u", 0): sealed.tamper.copy("a", "t", 0, original.offset, to=("a", "u", 0)),
+        ("b", "t", 0): sealed.tamper.copy("a", "t", 0, original.offset, to=("b", "t", 0)),
+    }
+    backends = {"a": a, "b": b}
+    good = {
+        where: backends[where[0]].produce(
+            where[1], [NewRecord(key=b"k", value=b"after", partition=where[2])]
+        )[0]
+        for where in moves
+    }
+    for (zone, topic, partition), offset in moves.items():
+        got = contents(read_all(backends[zone], topic, partition))
+        assert got == {
+            offset: STAND_IN,
+            good[zone, topic, partition].offset: (b"k", b"after", ()),
+        }
+    # The original still opens where it was written.
+    assert contents(read_all(a, "t", 0)) == {original.offset: (b"k", PAN, ())}
+    assert sealed.events == [withheld(*where, offset) for where, offset in moves.items()]
+
+
+def test_a_wrap_only_writer_may_write_but_never_read(sealed: Sealed) -> None:
+    """A flow acting for ``restricted`` writes into ``public``: it seals, it cannot open, and
+    that is a refusal (a misuse), not a record withheld."""
+    reader = sealed.zones("public")
+    reader.ensure_topic("t", partitions=1)
+    writer = sealed.wrap_only("public", "restricted")
+    message = "this process may write to zone 'public' but not read it (wrap-only keys)"
+    with pytest.raises(KeyAccessDenied, match=f"^{re.escape(message)}$"):
+        writer.fetch("t", 0, 0)
+    writer.produce("t", [NewRecord(key=b"k", value=b"down")])
+    with pytest.raises(KeyAccessDenied, match=f"^{re.escape(message)}$"):
+        writer.fetch("t", 0, 0)
+    with pytest.raises(KeyAccessDenied, match=f"^{re.escape(message)}$"):
+        writer.consumer("t").poll()
+    assert [(r.key, r.value) for r in read_all(reader, "t", 0)] == [(b"k", b"down")]
+    assert sealed.events == []

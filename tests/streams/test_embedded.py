@@ -1,20 +1,26 @@
-"""Embedded backend specifics: crash safety, concurrent processes, encryption hook."""
+"""Embedded backend specifics: crash safety, concurrent processes, encryption hook, rows of a
+sealed zone that do not open (the tamper cases both backends share are in test_contract.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from zone_keys import ZoneKeys
 
 from trustzones.errors import TransactionAborted, UnknownTopic
+from trustzones.keys._errors import OPAQUE_MESSAGE
 from trustzones.streams import EmbeddedBackend, NewRecord
 
 PRODUCER = r"""
@@ -221,3 +227,97 @@ def test_ensure_topic_never_shrinks(tmp_path: Path) -> None:
         assert b.partition_count("t") == 3
         b.ensure_topic("t", partitions=5)
         assert b.list_topics() == {"t": 5}
+
+
+# -- rows of a sealed zone that do not open ---------------------------------------------------
+STAND_IN = (None, b"", (("tz.undecryptable", OPAQUE_MESSAGE.encode()),))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Iterator[ZoneKeys]:
+    k = ZoneKeys(tmp_path / "keys", {"z": "restricted"})
+    yield k
+    k.close()
+
+
+def _insert(db: Path, offset: int, key: object, value: object, headers: object = None) -> None:
+    """Append a row to z.db's t/0 with plain sqlite3, as someone with the file would."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute(
+            'INSERT INTO records (topic, partition, "offset", key, value, headers, ts) '
+            "VALUES ('t', 0, ?, ?, ?, ?, 0)",
+            (offset, key, value, headers),
+        )
+        con.execute("UPDATE partitions SET next_offset=? WHERE topic='t'", (offset + 1,))
+    finally:
+        con.close()
+
+
+def test_plaintext_and_malformed_rows_of_a_sealed_zone_are_withheld(
+    tmp_path: Path, keys: ZoneKeys
+) -> None:
+    db = tmp_path / "z.db"
+    events: list[dict[str, object]] = []
+    cipher = keys.cipher("z")
+    with EmbeddedBackend("z", db, cipher=cipher, audit=lambda e: events.append(dict(e))) as b:
+        b.ensure_topic("t", partitions=1)
+        b.produce("t", [NewRecord(key=b"k", value=b"sealed")])
+        _insert(db, 1, b"k", b"plain")  # plaintext row: key column set
+        _insert(db, 2, None, "text, not a blob")
+        _insert(db, 3, None, b"plain", b"\x00")  # plaintext row: headers column set
+        # Sealed under this zone's key for this very place, but not a record inside.
+        _insert(db, 4, None, cipher.seal(b"\x01", aad=b"tz1\x00z\x00t\x000\x004"))
+        b.produce("t", [NewRecord(value=b"after")])
+        got = [(r.offset, r.key, r.value, r.headers) for r in b.fetch("t", 0, 0)]
+    assert got == [
+        (0, b"k", b"sealed", ()),
+        (1, *STAND_IN),
+        (2, *STAND_IN),
+        (3, *STAND_IN),
+        (4, *STAND_IN),
+        (5, None, b"after", ()),
+    ]
+    plaintext = "record is not sealed (plaintext row?)"
+    assert [(e["offset"], e["reason"]) for e in events] == [
+        (1, plaintext),
+        (2, plaintext),
+        (3, plaintext),
+        (4, "record opened but its contents are malformed"),
+    ]
+    assert {(e["type"], e["zone"], e["topic"], e["partition"]) for e in events} == {
+        ("streams.record_undecryptable", "z", "t", 0)
+    }
+
+
+def test_a_record_stays_withheld_when_its_reason_cannot_be_recorded(
+    tmp_path: Path, keys: ZoneKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: object) -> None:
+        raise RuntimeError("audit zone unavailable")
+
+    db = tmp_path / "z.db"
+    with EmbeddedBackend("z", db, cipher=keys.cipher("z"), audit=broken) as b:
+        b.ensure_topic("t", partitions=1)
+        _insert(db, 0, b"k", b"plain")
+        with caplog.at_level(logging.ERROR, logger="trustzones.streams.embedded"):
+            (r,) = b.fetch("t", 0, 0)
+    assert (r.key, r.value, r.headers) == STAND_IN
+    assert [m.getMessage() for m in caplog.records] == [
+        "audit callback failed while recording an undecryptable record"
+    ]
+
+
+def test_without_an_audit_callback_the_reason_is_logged(
+    tmp_path: Path, keys: ZoneKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "z.db"
+    with EmbeddedBackend("z", db, cipher=keys.cipher("z")) as b:
+        b.ensure_topic("t", partitions=1)
+        _insert(db, 0, b"k", b"plain")
+        with caplog.at_level(logging.WARNING, logger="trustzones.streams.embedded"):
+            (r,) = b.fetch("t", 0, 0)
+    assert (r.key, r.value, r.headers) == STAND_IN
+    assert [m.getMessage() for m in caplog.records] == [
+        "zone 'z': record t/0@0 withheld: record is not sealed (plaintext row?)"
+    ]

@@ -8,13 +8,12 @@ the one opaque error, audits the reason, and reads on.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from broker_raw import raw_read, raw_write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zone_keys import ZoneKeys
@@ -78,57 +77,6 @@ def sealed(
     yield s
     for backend in s.opened:
         backend.close()
-
-
-def plain_config(cluster: KafkaCluster) -> dict[str, Any]:
-    """A plain client logged in as the cluster's admin (it may read everything)."""
-    return {**cluster.client_config(), "log_level": 0}
-
-
-def raw_read(cluster: KafkaCluster, topic: str, partitions: int) -> list[Any]:
-    """Every message of ``topic`` as the broker stores it, read by a plain consumer."""
-    consumer = Consumer(
-        {
-            **plain_config(cluster),
-            "group.id": f"raw-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        out: list[Any] = []
-        at_end: set[int] = set()
-        while len(at_end) < partitions:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is None:
-                out.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                at_end.add(msg.partition())
-            else:
-                raise AssertionError(f"raw read of {topic}: {err}")
-        return out
-    finally:
-        consumer.close()
-
-
-def raw_write(cluster: KafkaCluster, topic: str, partition: int, msg: Any, value: bytes) -> None:
-    """Write ``value`` with ``msg``'s key and headers into ``topic``/``partition`` (an admin
-    with a plain producer, as someone tampering with the broker would)."""
-    producer = Producer(plain_config(cluster))
-    errors: list[Any] = []
-    producer.produce(
-        topic,
-        value=value,
-        key=msg.key() if msg is not None else None,
-        partition=partition,
-        on_delivery=lambda err, _m: errors.append(err),
-    )
-    assert producer.flush(20) == 0
-    assert errors == [None]
 
 
 def read_all(backend: KafkaBackend, topic: str, partition: int) -> list[Record]:

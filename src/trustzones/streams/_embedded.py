@@ -15,13 +15,25 @@ half way). With ``synchronous=FULL`` (the default) a record is on disk when ``pr
 returns; a process killed at any moment leaves either the whole batch or none of it.
 
 Encryption at rest: given a :class:`RecordCipher`, the key, headers and value of every record
-are sealed together, with associated data binding zone, topic, partition and offset, so a row
-copied to another place does not decrypt.
+are sealed together into ``value`` (``key`` and ``headers`` stay NULL), with associated data
+binding zone, topic, partition and offset, so a row copied to another place does not decrypt.
+
+A sealed row that does not open (a changed byte, a row moved to another topic, partition,
+offset or zone, a plaintext row, a data key this zone does not hold) never stops a reader, as
+on the Kafka backend: ``fetch`` and consumers return a stand-in at its offset (``key=None``,
+``value=b""``, headers :data:`~trustzones.streams.base.UNDECRYPTABLE_HEADERS` with the one
+opaque message of :class:`~trustzones.errors.DecryptionFailed`), the reason, with topic,
+partition and offset, goes to the ``audit`` callback (event
+:data:`~trustzones.streams.base.RECORD_UNDECRYPTABLE`), and the records after it follow. A flow
+then quarantines it, so every record is still accounted for. A backend given a wrap-only
+sealer (a flow writing down) may produce but not read: ``fetch`` raises
+:class:`~trustzones.errors.KeyAccessDenied`, whatever is stored.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import sqlite3
 import struct
 import time
@@ -30,18 +42,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from trustzones.errors import KeyAccessDenied, StreamError, TransactionAborted, UnknownTopic
+from trustzones.errors import (
+    DecryptionFailed,
+    KeyAccessDenied,
+    StreamError,
+    TransactionAborted,
+    UnknownTopic,
+)
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import (
+    RECORD_UNDECRYPTABLE,
+    UNDECRYPTABLE_HEADERS,
     Backend,
     Header,
     NewRecord,
     Record,
+    RecordAudit,
     RecordPosition,
     Transaction,
 )
 
 __all__ = ["EmbeddedBackend", "RecordCipher", "RecordSealer"]
+
+_log = logging.getLogger("trustzones.streams.embedded")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -131,10 +154,15 @@ class EmbeddedBackend(Backend):
         cipher: RecordSealer | None = None,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout_s: float = 30.0,
+        audit: RecordAudit | None = None,
     ) -> None:
+        """``cipher`` seals records at rest (a :class:`RecordCipher` also opens them; a
+        wrap-only sealer may only write); ``audit`` receives the reasons records did not open
+        (without it they are logged as warnings)."""
         self.zone = zone
         self.path = Path(path)
         self._cipher = cipher
+        self._audit = audit
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
         self._db: sqlite3.Connection | None = None
@@ -343,13 +371,72 @@ class EmbeddedBackend(Backend):
             raise KeyAccessDenied(
                 f"this process may write to zone {self.zone!r} but not read it (wrap-only keys)"
             )
-        out = []
-        for off, _key, sealed, _headers, ts in rows:
-            key, hbytes, value = _unpack_sealed(
-                cipher.open(sealed, aad=self._aad(topic, partition, off))
+        return [self._open(cipher, topic, partition, *row) for row in rows]
+
+    def _open(
+        self,
+        cipher: RecordCipher,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: object,
+        sealed: object,
+        headers: object,
+        ts: int,
+    ) -> Record:
+        """The record as produced, or its undecryptable stand-in (the reason is audited)."""
+        # A sealed row keeps key and headers inside the ciphertext; anything else in those
+        # columns (or a value that is not a blob) was not written by a sealing backend.
+        if key is not None or headers is not None or not isinstance(sealed, bytes):
+            return self._undecryptable(
+                topic, partition, offset, ts, "record is not sealed (plaintext row?)"
             )
-            out.append(Record(topic, partition, off, key, value, _unpack_headers(hbytes), ts))
-        return out
+        try:
+            plain = cipher.open(sealed, aad=self._aad(topic, partition, offset))
+        except DecryptionFailed:
+            return self._undecryptable(
+                topic,
+                partition,
+                offset,
+                ts,
+                "record does not open here: changed, moved from another topic, partition or "
+                "zone, or sealed under a key this zone does not hold",
+            )
+        try:
+            real_key, hbytes, value = _unpack_sealed(plain)
+            unpacked = _unpack_headers(hbytes)
+        except (struct.error, UnicodeDecodeError):
+            return self._undecryptable(
+                topic, partition, offset, ts, "record opened but its contents are malformed"
+            )
+        return Record(topic, partition, offset, real_key, value, unpacked, ts)
+
+    def _undecryptable(
+        self, topic: str, partition: int, offset: int, ts: int, reason: str
+    ) -> Record:
+        event = {
+            "type": RECORD_UNDECRYPTABLE,
+            "zone": self.zone,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "reason": reason,
+        }
+        try:
+            if self._audit is not None:
+                self._audit(event)
+            else:
+                _log.warning(
+                    "zone %r: record %s/%d@%d withheld: %s",
+                    self.zone,
+                    topic,
+                    partition,
+                    offset,
+                    reason,
+                )
+        except Exception:  # the record stays withheld even if the reason cannot be recorded
+            _log.exception("audit callback failed while recording an undecryptable record")
+        return Record(topic, partition, offset, None, b"", UNDECRYPTABLE_HEADERS, ts)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         self.partition_count(topic)

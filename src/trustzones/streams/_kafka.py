@@ -109,7 +109,6 @@ from trustzones.errors import (
     TrustzonesError,
     UnknownTopic,
 )
-from trustzones.keys._errors import OPAQUE_MESSAGE
 from trustzones.streams._embedded import (
     RecordCipher,
     RecordSealer,
@@ -128,10 +127,14 @@ from trustzones.streams._kafka_admin import (
 )
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import (
+    RECORD_UNDECRYPTABLE,
+    UNDECRYPTABLE_HEADER,
+    UNDECRYPTABLE_HEADERS,
     Backend,
     Consumer,
     NewRecord,
     Record,
+    RecordAudit,
     RecordPosition,
     StartFrom,
     Transaction,
@@ -173,12 +176,6 @@ __all__ = [
 
 ENVELOPE_MAGIC = b"TZK1"
 """First bytes of a sealed record's value on the broker (format version 1)."""
-UNDECRYPTABLE_HEADER = "tz.undecryptable"
-"""The only header of a record returned in place of one that did not open."""
-RecordAudit = Callable[[Mapping[str, object]], None]
-"""Receives ``streams.record_undecryptable`` events (reasons for the audit log)."""
-
-_OPAQUE = OPAQUE_MESSAGE.encode()
 _RID_BYTES = 16
 _BROKER_KEY_BYTES = 16
 _SEALED_AT = len(ENVELOPE_MAGIC) + _RID_BYTES
@@ -394,7 +391,7 @@ class KafkaBackend(Backend):
 
     def _undecryptable(self, stored: Record, reason: str) -> Record:
         event = {
-            "type": "streams.record_undecryptable",
+            "type": RECORD_UNDECRYPTABLE,
             "zone": self.zone,
             "topic": stored.topic,
             "partition": stored.partition,
@@ -421,7 +418,7 @@ class KafkaBackend(Backend):
             stored.offset,
             None,
             b"",
-            ((UNDECRYPTABLE_HEADER, _OPAQUE),),
+            UNDECRYPTABLE_HEADERS,
             stored.timestamp_ms,
         )
 

@@ -26,18 +26,24 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, NamedTuple, Self
 
+from trustzones.keys._errors import OPAQUE_MESSAGE
+
 __all__ = [
+    "RECORD_UNDECRYPTABLE",
+    "UNDECRYPTABLE_HEADER",
+    "UNDECRYPTABLE_HEADERS",
     "Backend",
     "Consumer",
     "Header",
     "NewRecord",
     "Record",
+    "RecordAudit",
     "RecordPosition",
     "StartFrom",
     "Transaction",
@@ -45,6 +51,21 @@ __all__ = [
 
 Header = tuple[str, bytes]
 StartFrom = Literal["committed", "earliest", "latest"]
+
+# A record stored encrypted that does not open (changed, moved, written in plaintext by another
+# client, sealed under a key the zone does not hold) is withheld the same way on every backend:
+# ``fetch`` and consumers return a stand-in at its position (``key=None``, ``value=b""``,
+# headers :data:`UNDECRYPTABLE_HEADERS`), the reason goes to the backend's :data:`RecordAudit`
+# callback as a :data:`RECORD_UNDECRYPTABLE` event, and readers go on past it.
+UNDECRYPTABLE_HEADER = "tz.undecryptable"
+"""The only header of a record returned in place of one that did not decrypt."""
+UNDECRYPTABLE_HEADERS: tuple[Header, ...] = ((UNDECRYPTABLE_HEADER, OPAQUE_MESSAGE.encode()),)
+"""The stand-in's headers: :data:`UNDECRYPTABLE_HEADER` with the one opaque message of
+:class:`~trustzones.errors.DecryptionFailed` (the reason is only in the audit log)."""
+RECORD_UNDECRYPTABLE = "streams.record_undecryptable"
+"""Audit event type of a withheld record (zone, topic, partition, offset, reason)."""
+RecordAudit = Callable[[Mapping[str, object]], None]
+"""Receives :data:`RECORD_UNDECRYPTABLE` events (the reasons, for the audit log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +167,10 @@ class Backend(ABC):
     def fetch(
         self, topic: str, partition: int, offset: int, *, max_records: int = 500
     ) -> list[Record]:
-        """Committed records of one partition from ``offset`` on (fewer at the end)."""
+        """Committed records of one partition from ``offset`` on (fewer at the end).
+
+        On an encrypted zone a record that does not open comes back as its stand-in (headers
+        :data:`UNDECRYPTABLE_HEADERS`) at its own offset, and the records after it follow."""
 
     @abstractmethod
     def end_offsets(self, topic: str) -> dict[int, int]:
@@ -192,6 +216,15 @@ class Consumer:
     partitions: Sequence[int] | None = None
     _positions: dict[int, int] = field(default_factory=dict, init=False)
     _initialised: bool = field(default=False, init=False)
+    _start_at: dict[int, int] = field(default_factory=dict, init=False)
+
+    def start_at(self, positions: Mapping[int, int]) -> None:
+        """Read the named partitions from these offsets instead of where the group or
+        ``start`` would begin (a reader that keeps its positions elsewhere, such as a flow).
+        Call it before the first read."""
+        if self._initialised:
+            raise ValueError("start_at() must be called before the consumer first reads")
+        self._start_at = dict(positions)
 
     def _init(self) -> None:
         if self._initialised:
@@ -204,7 +237,9 @@ class Consumer:
         committed = self.backend.committed_offsets(self.group, self.topic) if self.group else {}
         ends = self.backend.end_offsets(self.topic) if self.start == "latest" else {}
         for p in parts:
-            if p in committed and self.start != "earliest":
+            if p in self._start_at:
+                self._positions[p] = self._start_at[p]
+            elif p in committed and self.start != "earliest":
                 self._positions[p] = committed[p]
             elif self.start == "latest":
                 self._positions[p] = ends.get(p, 0)

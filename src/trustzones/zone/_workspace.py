@@ -177,7 +177,7 @@ class Workspace:
                 ring = self.keys.ring(acting)
                 cipher = ring.cipher(zone) if acting == zone else ring.wrap_only(zone)
             path = self.config.data_dir(zone) / f"{zone}.db"
-            b = EmbeddedBackend(zone, path, cipher=cipher)
+            b = EmbeddedBackend(zone, path, cipher=cipher, audit=self._audit_record_event)
             b.open()
             self._backends[(zone, acting, "")] = b
             return b
