@@ -319,3 +319,24 @@ def test_threads_can_share_one_log(log: AuditLog, signer: NoteSigner) -> None:
     for t in threads:
         t.join()
     assert verify_log(log.path, signer.verifier()).tree_size == 200
+
+
+def test_a_log_with_the_old_search_indexes_still_opens_appends_and_searches(
+    db: Path, signer: NoteSigner
+) -> None:
+    # Logs created before the id-only layout carry two more indexes; nothing depends on them.
+    with AuditLog.open(db, signer=signer) as log:
+        log.append_many(make_events(10))
+    con = sqlite3.connect(db)
+    con.execute("CREATE INDEX events_by_time ON events(time)")
+    con.execute("CREATE INDEX events_by_principal ON events(principal, time)")
+    con.commit()
+    con.close()
+    with AuditLog.open(db, signer=signer) as log:
+        log.append_many(make_events(10, start=10))
+    reader = AuditReader(db, principal="carol", authorize=lambda who, op: True)
+    found = reader.search(principal="user-1", limit=100)
+    every = make_events(20)
+    expected = [i for i, e in enumerate(every) if e.data.principal == "user-1"]
+    assert expected and [s.leaf_index for s in found] == expected
+    assert verify_log(db, signer.verifier()).tree_size == 20

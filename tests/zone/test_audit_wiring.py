@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from trustzones.audit import NoteVerifier, verify_log
+from trustzones.audit.events import AGGREGATE
 from trustzones.errors import AccessDenied, AuditError
 from trustzones.zone import Workspace
 
@@ -24,14 +27,23 @@ PAYMENT = {
 }
 
 
-def events(ws: Workspace) -> list[dict[str, object]]:
+def events(ws: Workspace) -> list[dict[str, Any]]:
     ws.audit.close()
-    con = sqlite3.connect(ws.audit.db)
+    return read_events(ws.config.root)
+
+
+def read_events(workspace_dir: Path) -> list[dict[str, Any]]:
+    con = sqlite3.connect(workspace_dir / "audit" / "audit.db")
     try:
         rows = con.execute("SELECT body FROM events ORDER BY leaf_index").fetchall()
     finally:
         con.close()
     return [orjson.loads(r[0]) for r in rows]
+
+
+def events_so_far(ws: Workspace) -> list[dict[str, Any]]:
+    """The events written so far, without closing anything (open counts stay open)."""
+    return read_events(ws.config.root)
 
 
 def test_per_message_zone_audits_every_record_without_its_content(workspace_dir: Path) -> None:
@@ -50,16 +62,90 @@ def test_per_message_zone_audits_every_record_without_its_content(workspace_dir:
     assert CARD.encode() not in raw and b"ada@example.com" not in raw
 
 
-def test_aggregate_zone_counts_batches(workspace_dir: Path) -> None:
-    click = {"event_id": "e", "timestamp": "2026-11-28T10:00:00Z", "session_id": "s", "page": "/"}
+CLICK = {"event_id": "e", "timestamp": "2026-11-28T10:00:00Z", "session_id": "s", "page": "/"}
+T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a multiple of the window since the epoch
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def set_window(workspace_dir: Path, seconds: int) -> None:
+    config = workspace_dir / "trustzones.yaml"
+    text = config.read_text()
+    assert "audit:\n  data_dir: audit\n" in text
+    config.write_text(text.replace("audit:\n", f"audit:\n  aggregate_window: {seconds}\n", 1))
+
+
+def test_aggregate_zone_counts_records_per_time_window(workspace_dir: Path) -> None:
+    set_window(workspace_dir, 10)
+    clock = Clock()
+    value = orjson.dumps(CLICK)
+    with Workspace.open(clock=clock) as ws:
+        # window [0 s, 10 s): 5 + 3 produced, 8 consumed in two polls
+        ws.produce("analytics.clickstream", [value] * 5, principal="clickstream-service")
+        clock.now += timedelta(seconds=4)
+        ws.produce("analytics.clickstream", [value] * 3, principal="clickstream-service")
+        consumer = ws.consumer("analytics.clickstream", principal="marketing-analyst",
+                               start="earliest")  # fmt: skip
+        consumed = len(consumer.poll(6)) + len(consumer.poll(6))
+        assert consumed == 8
+        assert not [e for e in events_so_far(ws) if e["type"] == AGGREGATE]
+        # window [20 s, 30 s): 2 produced; this record closes the first window
+        clock.now = T0 + timedelta(seconds=25)
+        ws.produce("analytics.clickstream", [value] * 2, principal="clickstream-service")
+        first = [e for e in events_so_far(ws) if e["type"] == AGGREGATE]
+        assert sorted((e["data"]["action"], e["data"]["count"]) for e in first) == [  # type: ignore[index]
+            ("consume", 8), ("produce", 8),
+        ]  # fmt: skip
+    # Workspace.close() wrote the open window before closing the log.
+    evs = read_events(workspace_dir)
+    aggs = [e["data"] for e in evs if e["type"] == AGGREGATE]
+    assert sorted(
+        (a["action"], a["window_start"], a["count"], a["bytes"])
+        for a in aggs  # type: ignore[index]
+    ) == [
+        ("consume", "2026-11-28T10:00:00.000000Z", 8, 8 * len(value)),
+        ("produce", "2026-11-28T10:00:00.000000Z", 8, 8 * len(value)),
+        ("produce", "2026-11-28T10:00:20.000000Z", 2, 2 * len(value)),
+    ]
+    produced = [a for a in aggs if a["action"] == "produce"]  # type: ignore[index]
+    assert {a["principal"] for a in produced} == {"clickstream-service"}  # type: ignore[index]
+    assert all(a["window_end"] for a in aggs)  # type: ignore[index]
+    # Access decisions are still audited one by one; no per-batch or per-record events.
+    writes = [
+        e for e in evs
+        if e["type"] == "io.trustzones.access.decision" and e["data"]["action"] == "write"  # type: ignore[index]
+    ]  # fmt: skip
+    assert len(writes) == 3
+    assert not [e for e in evs if e["type"] in ("io.trustzones.zone.produce",
+                                                "io.trustzones.record.produced")]  # fmt: skip
+    assert not (workspace_dir / "audit" / "pending-counts").exists() or not list(
+        (workspace_dir / "audit" / "pending-counts").iterdir()
+    )
+    ok = subprocess.run(["trustzones", "audit", "verify"], cwd=workspace_dir,
+                        capture_output=True, text=True, check=False)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_access_zone_still_writes_one_event_per_batch(workspace_dir: Path) -> None:
+    config = workspace_dir / "trustzones.yaml"
+    text = config.read_text()
+    assert text.count("audit_level: aggregate") == 1
+    config.write_text(text.replace("audit_level: aggregate", "audit_level: access"))
     with Workspace.open() as ws:
-        ws.produce(
-            "analytics.clickstream", [orjson.dumps(click)] * 5, principal="clickstream-service"
-        )
+        ws.produce("analytics.clickstream", [orjson.dumps(CLICK)] * 5,
+                   principal="clickstream-service")  # fmt: skip
+        ws.produce("analytics.clickstream", [orjson.dumps(CLICK)] * 2,
+                   principal="clickstream-service")  # fmt: skip
         evs = events(ws)
-    (agg,) = [e for e in evs if e["type"] == "io.trustzones.zone.produce"]
-    assert agg["data"]["count"] == 5  # type: ignore[index]
-    assert not [e for e in evs if e["type"] == "io.trustzones.record.produced"]
+    batches = [e for e in evs if e["type"] == "io.trustzones.zone.produce"]
+    assert [b["data"]["count"] for b in batches] == [5, 2]  # type: ignore[index]
+    assert not [e for e in evs if e["type"] in (AGGREGATE, "io.trustzones.record.produced")]
 
 
 def test_denials_are_audited(workspace_dir: Path) -> None:

@@ -280,25 +280,27 @@ _OPTIONAL_DATA = ("reason", "policy_version", "grant_id")
 
 def canonical_json(event: AuditEvent) -> bytes:
     """The RFC 8785 canonical JSON of ``event``: the bytes the audit log stores and hashes."""
-    # Hot path (every audited record). Only the optional fields can be None; they are left out.
+    # Hot path (every audited record): copying the models' dicts in C and deleting the few
+    # None fields is about twice as fast as building new dicts key by key. Only the optional
+    # fields can be None; they are left out.
     top = event.__dict__
     data = top["data"]
-    fields = {k: v for k, v in data.__dict__.items() if v is not None}
+    fields = data.__dict__.copy()
+    for name in _OPTIONAL_DATA:
+        if fields[name] is None:
+            del fields[name]
     extra = data.__pydantic_extra__
     if extra:
         fields.update(extra)
-    out = {
-        "data": fields,
-        "datacontenttype": top["datacontenttype"],
-        "id": top["id"],
-        "source": top["source"],
-        "specversion": top["specversion"],
-        "time": top["time"],
-        "type": top["type"],
-    }
-    if top["subject"] is not None:
-        out["subject"] = top["subject"]
-    return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
+    out = top.copy()  # the event's fields (extra="forbid": nothing else is in there)
+    out["data"] = fields
+    if out["subject"] is None:
+        del out["subject"]
+    return _dumps(out, option=_SORT_KEYS)
+
+
+_dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
 def _rejected(exc: ValidationError) -> AuditEventRejected:
@@ -761,8 +763,39 @@ def aggregate(
     window_end: datetime,
     at: datetime | None = None,
     source: str = "/trustzones/zone",
+    byte_count: int | None = None,
+    offsets: Mapping[int, tuple[int, int]] | None = None,
+    event_id: str | None = None,
+    recovered: bool | None = None,
 ) -> AuditEvent:
-    """Counts for one principal, topic and action over a window (audit level ``aggregate``)."""
+    """Counts for one principal, topic and action over a window (audit level ``aggregate``).
+
+    ``byte_count`` is the total size of the counted record values; ``offsets`` maps each
+    partition to the first and last offset counted in it (written as three parallel lists,
+    ``partitions``, ``first_offsets`` and ``last_offsets``, when there are at most 64
+    partitions, else only ``partition_count``). ``recovered`` marks counts written by a later
+    process after the one that counted them stopped without writing them.
+    """
+    extra: dict[str, object] = {
+        "topic": topic,
+        "count": allowed + denied,
+        "allowed": allowed,
+        "denied": denied,
+        "window_start": _utc_time(window_start),
+        "window_end": _utc_time(window_end),
+    }
+    if byte_count is not None:
+        extra["bytes"] = byte_count
+    if offsets is not None:
+        parts = sorted(offsets)
+        if len(parts) <= _MAX_LIST:
+            extra["partitions"] = parts
+            extra["first_offsets"] = [offsets[p][0] for p in parts]
+            extra["last_offsets"] = [offsets[p][1] for p in parts]
+        else:
+            extra["partition_count"] = len(parts)
+    if recovered is not None:
+        extra["recovered"] = recovered
     return new_event(
         AGGREGATE,
         source=source,
@@ -772,14 +805,8 @@ def aggregate(
         zone=zone,
         decision="allow" if not denied else "deny",
         at=at,
-        extra={
-            "topic": topic,
-            "count": allowed + denied,
-            "allowed": allowed,
-            "denied": denied,
-            "window_start": _utc_time(window_start),
-            "window_end": _utc_time(window_end),
-        },
+        event_id=event_id,
+        extra=extra,
     )
 
 

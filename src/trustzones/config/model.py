@@ -225,6 +225,8 @@ class AuditSettings(_Model):
     data_dir: str = "audit"
     origin: str | None = None
     checkpoint_every: int = Field(1000, ge=1)
+    aggregate_window: int = Field(60, ge=1, le=86_400)
+    """Seconds per counting window of zones at audit level ``aggregate``."""
     backend: AuditBackendSettings = EmbeddedBackend()
 
 

@@ -14,7 +14,8 @@ a digest. An event that cannot be recorded raises, so the action it describes do
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from trustzones.audit import AuditLog, NoteSigner, content_hash
 from trustzones.audit._kafka import KafkaAuditLog
 from trustzones.audit.events import AuditEvent, new_event, record_accesses
 from trustzones.audit.notes import write_key_files
+from trustzones.audit.windows import RecordWindows, recover_pending
 from trustzones.config import Config
 from trustzones.config.model import AuditKafkaBackend
 from trustzones.errors import AuditError
@@ -69,12 +71,18 @@ def _extra_value(value: Any) -> Any:
 class WorkspaceAudit:
     """Appends the workspace's events to its audit log (opened on first use)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.config = config
         self.db = config.audit_dir / "audit.db"
         self.key_path = config.state_dir / "audit.key"
         self.public_key_path = config.state_dir / "audit.pub"
+        self.pending_dir = config.audit_dir / "pending-counts"
+        """Open record counts of ``aggregate`` zones, one file per live process."""
+        self._clock = clock
         self._log: AuditLog | KafkaAuditLog | None = None
+        self._windows: RecordWindows | None = None
 
     @property
     def origin(self) -> str:
@@ -107,6 +115,7 @@ class WorkspaceAudit:
                     signer=NoteSigner.from_file(self.key_path),
                     prefix=backend.prefix,
                 ).open()
+                self._recover_counts()
                 return self._log
             self.db.parent.mkdir(parents=True, exist_ok=True)
             self._log = AuditLog.open(
@@ -114,7 +123,13 @@ class WorkspaceAudit:
                 signer=NoteSigner.from_file(self.key_path),
                 checkpoint_interval=self.config.file.audit.checkpoint_every,
             )
+            self._recover_counts()
         return self._log
+
+    def _recover_counts(self) -> None:
+        """Write the record counts a crashed process left (see ``audit.windows``)."""
+        assert self._log is not None
+        recover_pending(self.pending_dir, self._log.append_many)
 
     def _writer_login(self, backend: AuditKafkaBackend) -> KafkaConnection:
         """The audit writer's login: its SCRAM password as ``trustzones apply`` stored it."""
@@ -140,9 +155,16 @@ class WorkspaceAudit:
         )
 
     def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """Write the open record counts, then close the log (the log closes even if that
+        fails; the counts then stay pending for the next process)."""
+        try:
+            if self._windows is not None:
+                windows, self._windows = self._windows, None
+                windows.close()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
     # -- events ---------------------------------------------------------------------------
     def event(self, kind: str, data: Mapping[str, Any]) -> AuditEvent:
@@ -225,3 +247,32 @@ class WorkspaceAudit:
         )
         if events:
             self.log().append_many(events)
+
+    def count_records(
+        self,
+        direction: str,
+        *,
+        principal: str,
+        zone: str,
+        topic: str,
+        records: Iterable[tuple[int, int, int]],
+    ) -> None:
+        """Aggregate audit: count ``(partition, offset, bytes)`` records in the open window."""
+        if self._windows is None:
+            self.log()  # fail closed before counting: no signing key, no log, no counts
+            self._windows = RecordWindows(
+                self._append_counts,
+                window_s=self.config.file.audit.aggregate_window,
+                clock=self._clock,
+                pending_dir=self.pending_dir,
+            )
+        self._windows.count(
+            principal=principal if _REF.match(principal) else content_hash(principal.encode()),
+            zone=zone,
+            topic=topic,
+            action=direction,  # type: ignore[arg-type]
+            records=records,
+        )
+
+    def _append_counts(self, events: Sequence[AuditEvent]) -> None:
+        self.log().append_many(events)

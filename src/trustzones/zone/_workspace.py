@@ -127,7 +127,7 @@ class Workspace:
     def audit(self) -> WorkspaceAudit:
         """The audit zone's log writer (created by ``trustzones init``)."""
         if self._audit is None:
-            self._audit = WorkspaceAudit(self.config)
+            self._audit = WorkspaceAudit(self.config, clock=self.clock)
         return self._audit
 
     def emit(self, action: str, data: dict[str, Any]) -> None:
@@ -396,10 +396,22 @@ class Workspace:
         values: Sequence[bytes],
     ) -> None:
         """Audit what moved, at the zone's audit level: each record (``per-message``, with
-        its offset and a content hash) or one event per batch with a count."""
+        its offset and a content hash), counts per time window (``aggregate``), or one event
+        per batch with a count (``access``)."""
         if not positions:
             return
-        if self.config.zones[zone].controls.audit_level == "per-message":
+        level = self.config.zones[zone].controls.audit_level
+        if level == "aggregate":
+            self.audit.count_records(
+                direction,
+                principal=principal,
+                zone=zone,
+                topic=topic,
+                records=[
+                    (p.partition, p.offset, len(v)) for p, v in zip(positions, values, strict=True)
+                ],
+            )
+        elif level == "per-message":
             self.audit.record_records(
                 direction,
                 principal=principal,
