@@ -51,8 +51,6 @@ from trustzones.errors import (
 )
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import (
-    RECORD_UNDECRYPTABLE,
-    UNDECRYPTABLE_HEADERS,
     Backend,
     Header,
     NewRecord,
@@ -60,6 +58,7 @@ from trustzones.streams.base import (
     RecordAudit,
     RecordPosition,
     Transaction,
+    withhold,
 )
 
 __all__ = ["EmbeddedBackend", "RecordCipher", "RecordSealer"]
@@ -414,29 +413,7 @@ class EmbeddedBackend(Backend):
     def _undecryptable(
         self, topic: str, partition: int, offset: int, ts: int, reason: str
     ) -> Record:
-        event = {
-            "type": RECORD_UNDECRYPTABLE,
-            "zone": self.zone,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "reason": reason,
-        }
-        try:
-            if self._audit is not None:
-                self._audit(event)
-            else:
-                _log.warning(
-                    "zone %r: record %s/%d@%d withheld: %s",
-                    self.zone,
-                    topic,
-                    partition,
-                    offset,
-                    reason,
-                )
-        except Exception:  # the record stays withheld even if the reason cannot be recorded
-            _log.exception("audit callback failed while recording an undecryptable record")
-        return Record(topic, partition, offset, None, b"", UNDECRYPTABLE_HEADERS, ts)
+        return withhold(self._audit, self.zone, (topic, partition, offset, ts), reason, _log)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         self.partition_count(topic)

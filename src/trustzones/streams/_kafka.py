@@ -127,9 +127,7 @@ from trustzones.streams._kafka_admin import (
 )
 from trustzones.streams._partition import partition_for
 from trustzones.streams.base import (
-    RECORD_UNDECRYPTABLE,
     UNDECRYPTABLE_HEADER,
-    UNDECRYPTABLE_HEADERS,
     Backend,
     Consumer,
     NewRecord,
@@ -138,6 +136,7 @@ from trustzones.streams.base import (
     RecordPosition,
     StartFrom,
     Transaction,
+    withhold,
 )
 
 try:
@@ -390,37 +389,8 @@ class KafkaBackend(Backend):
         )
 
     def _undecryptable(self, stored: Record, reason: str) -> Record:
-        event = {
-            "type": RECORD_UNDECRYPTABLE,
-            "zone": self.zone,
-            "topic": stored.topic,
-            "partition": stored.partition,
-            "offset": stored.offset,
-            "reason": reason,
-        }
-        try:
-            if self._audit is not None:
-                self._audit(event)
-            else:
-                _log.warning(
-                    "zone %r: record %s/%d@%d withheld: %s",
-                    self.zone,
-                    stored.topic,
-                    stored.partition,
-                    stored.offset,
-                    reason,
-                )
-        except Exception:  # the record stays withheld even if the reason cannot be recorded
-            _log.exception("audit callback failed while recording an undecryptable record")
-        return Record(
-            stored.topic,
-            stored.partition,
-            stored.offset,
-            None,
-            b"",
-            UNDECRYPTABLE_HEADERS,
-            stored.timestamp_ms,
-        )
+        position = (stored.topic, stored.partition, stored.offset, stored.timestamp_ms)
+        return withhold(self._audit, self.zone, position, reason, _log)
 
     # -- plumbing -------------------------------------------------------------------------
     def _config(self, role: str, **settings: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ __all__ = [
     "RecordPosition",
     "StartFrom",
     "Transaction",
+    "withhold",
 ]
 
 Header = tuple[str, bytes]
@@ -66,6 +68,37 @@ RECORD_UNDECRYPTABLE = "streams.record_undecryptable"
 """Audit event type of a withheld record (zone, topic, partition, offset, reason)."""
 RecordAudit = Callable[[Mapping[str, object]], None]
 """Receives :data:`RECORD_UNDECRYPTABLE` events (the reasons, for the audit log)."""
+
+
+def withhold(
+    audit: RecordAudit | None,
+    zone: str,
+    position: tuple[str, int, int, int],
+    reason: str,
+    log: logging.Logger,
+) -> Record:
+    """The stand-in for the record at ``position`` (topic, partition, offset, timestamp) that
+    does not open: ``reason`` goes to ``audit`` (or, without one, to ``log``), never to the
+    reader. The record stays withheld even when the reason cannot be recorded."""
+    topic, partition, offset, ts = position
+    event = {
+        "type": RECORD_UNDECRYPTABLE,
+        "zone": zone,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "reason": reason,
+    }
+    try:
+        if audit is not None:
+            audit(event)
+        else:
+            log.warning(
+                "zone %r: record %s/%d@%d withheld: %s", zone, topic, partition, offset, reason
+            )
+    except Exception:
+        log.exception("audit callback failed while recording an undecryptable record")
+    return Record(topic, partition, offset, None, b"", UNDECRYPTABLE_HEADERS, ts)
 
 
 @dataclass(frozen=True, slots=True)
