@@ -60,13 +60,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from trustzones.audit._errors import AuditEventRejected, LogTampered, ProofInvalid
+from trustzones.audit._errors import LogTampered, ProofInvalid
 from trustzones.audit._verify import VerifyReport
-from trustzones.audit.events import AuditEvent, _utc_time, canonical_json, event_from_json
-from trustzones.audit.log import AuditorCheck, InclusionProofBundle, StoredEvent
+from trustzones.audit.events import AuditEvent, _utc_time, canonical_json
+from trustzones.audit.log import AuditorCheck, AuditorGate, InclusionProofBundle, StoredEvent
 from trustzones.audit.merkle import CompactRange, inclusion_proof, leaf_hash, range_hash
 from trustzones.audit.notes import Checkpoint, NoteSigner, NoteVerifier
-from trustzones.errors import AccessDenied, AuditError
+from trustzones.errors import AuditError
 from trustzones.streams._kafka_admin import KafkaConnection
 
 __all__ = [
@@ -470,7 +470,7 @@ class KafkaAuditLog:
 # -- auditors ---------------------------------------------------------------------------------
 
 
-class KafkaAuditReader:
+class KafkaAuditReader(AuditorGate):
     """Read access to the Kafka audit log for auditors: tail, search, get, prove.
 
     As :class:`~trustzones.audit.AuditReader`: ``authorize(principal, operation)`` is asked
@@ -489,35 +489,12 @@ class KafkaAuditReader:
     ) -> None:
         self._conn = conn
         self._verifier = verifier
-        self._principal = principal
-        self._authorize = authorize
+        super().__init__(principal=principal, authorize=authorize)
         self.topic, self.checkpoint_topic = audit_topics(prefix)
         self._timeout = timeout_s
 
-    def _check(self, operation: str) -> None:
-        try:
-            allowed = self._authorize(self._principal, operation) is True
-        except Exception:  # fail closed: a broken check denies
-            allowed = False
-        if not allowed:
-            raise AccessDenied(
-                f"{self._principal!r} may not {operation} the audit log: reading it needs the "
-                "auditor role"
-            )
-
     def _events(self) -> Iterator[tuple[int, _Entry]]:
         yield from enumerate(_scan(self._conn, self.topic, timeout_s=self._timeout))
-
-    @staticmethod
-    def _stored(index: int, body: bytes) -> StoredEvent:
-        try:
-            return StoredEvent(index, event_from_json(body))
-        except AuditEventRejected as exc:
-            raise LogTampered(
-                f"entry {index} of the audit log is not a valid event ({exc}); run "
-                "`trustzones audit verify`",
-                leaf_index=index,
-            ) from exc
 
     def tail(self, limit: int = 20) -> list[StoredEvent]:
         """The last ``limit`` events, oldest first."""

@@ -535,7 +535,39 @@ class InclusionProofBundle(BaseModel):
         return orjson.dumps(self.model_dump(), option=orjson.OPT_INDENT_2) + b"\n"
 
 
-class AuditReader:
+class AuditorGate:
+    """What every audit reader shares: ``authorize(principal, operation)`` is asked before each
+    read (anything but ``True`` raises :class:`~trustzones.errors.AccessDenied`), and stored
+    bodies that are not valid events are reported as tampering."""
+
+    def __init__(self, *, principal: str, authorize: AuditorCheck) -> None:
+        self._principal = principal
+        self._authorize = authorize
+
+    def _check(self, operation: str) -> None:
+        try:
+            allowed = self._authorize(self._principal, operation) is True
+        except Exception:  # fail closed: a broken check denies
+            allowed = False
+        if not allowed:
+            raise AccessDenied(
+                f"{self._principal!r} may not {operation} the audit log: reading it needs the "
+                "auditor role"
+            )
+
+    @staticmethod
+    def _stored(leaf_index: int, body: bytes) -> StoredEvent:
+        try:
+            return StoredEvent(leaf_index, event_from_json(body))
+        except AuditEventRejected as exc:
+            raise LogTampered(
+                f"entry {leaf_index} of the audit log is not a valid event ({exc}); run "
+                "`trustzones audit verify`",
+                leaf_index=leaf_index,
+            ) from exc
+
+
+class AuditReader(AuditorGate):
     """Read access to the audit log, for auditors: tail, search, get, prove.
 
     Every call first asks ``authorize(principal, operation)``; anything but ``True`` raises
@@ -551,34 +583,11 @@ class AuditReader:
         busy_timeout_s: float = 30.0,
     ) -> None:
         self.path = Path(path)
-        self._principal = principal
-        self._authorize = authorize
+        super().__init__(principal=principal, authorize=authorize)
         self._busy = busy_timeout_s
-
-    def _check(self, operation: str) -> None:
-        try:
-            allowed = self._authorize(self._principal, operation) is True
-        except Exception:  # fail closed: a broken check denies
-            allowed = False
-        if not allowed:
-            raise AccessDenied(
-                f"{self._principal!r} may not {operation} the audit log: reading it needs the "
-                "auditor role"
-            )
 
     def _connect(self) -> sqlite3.Connection:
         return _store.connect(self.path, read_only=True, busy_timeout_s=self._busy)
-
-    @staticmethod
-    def _stored(leaf_index: int, body: bytes) -> StoredEvent:
-        try:
-            return StoredEvent(leaf_index, event_from_json(body))
-        except AuditEventRejected as exc:
-            raise LogTampered(
-                f"entry {leaf_index} of the audit log is not a valid event ({exc}); run "
-                "`trustzones audit verify`",
-                leaf_index=leaf_index,
-            ) from exc
 
     def tail(self, limit: int = 20) -> list[StoredEvent]:
         """The last ``limit`` events, oldest first."""
