@@ -15,10 +15,13 @@ bytes) for every contender, one process, one thread:
   analysing each record's JSON text in one call (its most favourable setting);
 - plain ``re``: our rules' regular expressions and validators run over each record's JSON
   text with ``re.finditer`` (no normalisation, no paths);
-- trustzones ``Scanner.scan_record`` on the decoded record (decode included), with the
-  Hyperscan engine and with the Python fallback, and ``scan_records`` on batches of 256;
+- trustzones ``Scanner.scan_record`` on the decoded record (decode included) with each
+  engine: ``native`` (the Rust core ``trustzones_native``, when installed), ``hyperscan``
+  and the pure-Python reference, and ``scan_records`` on batches of 256;
 - scan + transforms: decode, apply a flow-like plan (mask, hash, FF1, generalize, date
-  shift, redact_text), scan the output, encode.
+  shift, redact_text), scan the output, encode; with the native scanner and native
+  transforms, with the native scanner and the Python transforms, and with Hyperscan and
+  the Python transforms (the configuration without the native core).
 Figures are printed with their ratio to the baselines measured in this run.
 """
 
@@ -43,6 +46,7 @@ from trustzones.dlp import (
     Transformer,
     TransformPlan,
     aesgcm_cipher,
+    native_available,
 )
 from trustzones.dlp._rules import RULES
 from trustzones.dlp.synth import Synth
@@ -218,8 +222,10 @@ def throughput(seed: int, n_events: int, seconds: float, with_presidio: bool) ->
 
     report("plain re (rules + validators, JSON text)", rate(plain_re, seconds)[0])
 
-    hs = Scanner(engine="hyperscan")
-    py = Scanner(engine="python")
+    engines = (["native"] if native_available() else []) + ["hyperscan", "python"]
+    if "native" not in engines:
+        print("(trustzones_native is not installed: python -m pip install ./native)")
+    scanners = {engine: Scanner(engine=engine) for engine in engines}
 
     def scan_with(scanner: Scanner) -> Callable[[], int]:
         def run() -> int:
@@ -229,35 +235,54 @@ def throughput(seed: int, n_events: int, seconds: float, with_presidio: bool) ->
 
         return run
 
-    def scan_batches() -> int:
-        for i in range(0, len(lines), 256):
-            hs.scan_records([orjson.loads(x) for x in lines[i : i + 256]])
-        return len(lines)
+    def scan_batches(scanner: Scanner) -> Callable[[], int]:
+        def run() -> int:
+            for i in range(0, len(lines), 256):
+                scanner.scan_records([orjson.loads(x) for x in lines[i : i + 256]])
+            return len(lines)
 
-    report("trustzones scan_record, hyperscan", rate(scan_with(hs), seconds)[0])
-    report("trustzones scan_records x256, hyperscan", rate(scan_batches, seconds)[0])
-    report("trustzones scan_record, python fallback", rate(scan_with(py), seconds)[0])
+        return run
+
+    for engine, scanner in scanners.items():
+        report(f"scan_record, {engine}", rate(scan_with(scanner), seconds)[0])
+        if engine != "python":
+            report(f"scan_records x256, {engine}", rate(scan_batches(scanner), seconds)[0])
 
     keys = InMemoryKeys(b"benchmark master key, not a secret")
-    transformer = Transformer(keys=keys, scanner=hs)
     plan = TransformPlan.compile(PLAN)
+    pipelines: list[tuple[str, str, bool]] = []
+    if "native" in engines:
+        pipelines += [
+            ("transform + scan + encode, all native", "native", True),
+            ("transform + scan + encode, native scan only", "native", False),
+        ]
+    pipelines.append(("transform + scan + encode, hyperscan + py", "hyperscan", False))
 
-    refused = [0]
+    for name, engine, native_transforms in pipelines:
+        scanner = scanners[engine]
+        transformer = Transformer(keys=keys, scanner=scanner)
+        if not native_transforms:
+            transformer._native = None  # the Python transforms, as without the native core
+        refused = [0]
 
-    def scan_and_transform() -> int:
-        for line in lines:
-            try:
-                out = transformer.apply_record(orjson.loads(line), plan)
-            except TransformError:
-                refused[0] += 1  # a flow quarantines it (e.g. FF1 on full-width digits)
-                continue
-            hs.scan_record(out)
-            orjson.dumps(out)
-        return len(lines)
+        def scan_and_transform(
+            transformer: Transformer = transformer,
+            scanner: Scanner = scanner,
+            refused: list[int] = refused,
+        ) -> int:
+            for line in lines:
+                try:
+                    out = transformer.apply_record(orjson.loads(line), plan)
+                except TransformError:
+                    refused[0] += 1  # a flow quarantines it (e.g. FF1 on full-width digits)
+                    continue
+                scanner.scan_record(out)
+                orjson.dumps(out)
+            return len(lines)
 
-    rps, n_done = rate(scan_and_transform, seconds)
-    report("trustzones transform + scan + encode", rps)
-    print(f"  ({refused[0]} of {n_done} records refused by a transform, fail closed)")
+        rps, n_done = rate(scan_and_transform, seconds)
+        report(name, rps)
+        print(f"  ({refused[0]} of {n_done} records refused by a transform, fail closed)")
 
     if with_presidio:
         analyzer = presidio_analyzer()
@@ -273,16 +298,16 @@ def throughput(seed: int, n_events: int, seconds: float, with_presidio: bool) ->
 
     print("== ratios (same run) ==")
     base_re = results["plain re (rules + validators, JSON text)"]
-    for name in (
-        "trustzones scan_record, hyperscan",
-        "trustzones scan_records x256, hyperscan",
-        "trustzones scan_record, python fallback",
-        "trustzones transform + scan + encode",
-    ):
-        line = f"{name:44s} {results[name] / base_re:7.2f}x plain re"
+    base_hs = results["scan_record, hyperscan"]
+    for name, value in results.items():
+        if name.startswith(("plain re", "presidio")):
+            continue
+        line = f"{name:44s} {value / base_re:7.2f}x plain re"
         if "presidio analyze (pattern recognizers)" in results:
             base_presidio = results["presidio analyze (pattern recognizers)"]
-            line += f"  {results[name] / base_presidio:8.1f}x Presidio"
+            line += f"  {value / base_presidio:8.1f}x Presidio"
+        if name.startswith("scan_record"):
+            line += f"  {value / base_hs:6.2f}x hyperscan scan_record"
         print(line)
 
     # Per-value transform rates, for reference.
@@ -293,6 +318,8 @@ def throughput(seed: int, n_events: int, seconds: float, with_presidio: bool) ->
     with tempfile.TemporaryDirectory() as tmp:
         vault = TokenVault(Path(tmp) / "tokens.sqlite3", cipher=aesgcm_cipher(bytes(32)))
         tv = Transformer(keys=keys, vault=vault)
+        tv_py = Transformer(keys=keys, vault=vault)
+        tv_py._native = None
         for spec in (
             {"type": "mask"},
             {"type": "hash"},
@@ -300,15 +327,21 @@ def throughput(seed: int, n_events: int, seconds: float, with_presidio: bool) ->
             {"type": "tokenize"},
         ):
             parsed = parse_transform(spec)
+            with_native = tv._native is not None and spec["type"] != "tokenize"
+            rates: dict[str, float] = {}
+            for t, label in ((tv, "native"), (tv_py, "python")) if with_native else ((tv, ""),):
 
-            def one(parsed: Any = parsed) -> int:
-                for _ in range(200):
-                    tv.apply(parsed, pan)
-                return 200
+                def one(parsed: Any = parsed, t: Transformer = t) -> int:
+                    for _ in range(200):
+                        t.apply(parsed, pan)
+                    return 200
 
-            vps = rate(one, max(seconds / 4, 0.3))[0]
-            note = " (existing token: a vault lookup)" if spec["type"] == "tokenize" else ""
-            print(f"{spec['type']:14s} {vps:12,.0f} values/s{note}")
+                rates[label] = vps = rate(one, max(seconds / 4, 0.3))[0]
+                note = " (existing token: a vault lookup)" if spec["type"] == "tokenize" else ""
+                print(f"{(spec['type'] + ' ' + label).strip():22s} {vps:12,.0f} values/s{note}")
+            if with_native:
+                ratio = rates["native"] / rates["python"]
+                print(f"{spec['type'] + ' native/python':22s} {ratio:12.2f}x")
         fresh = iter(range(10**9))
         tok = parse_transform({"type": "tokenize"})
 

@@ -1,27 +1,42 @@
-"""The Hyperscan engine and the pure-Python fallback give identical findings."""
+"""The three engines give identical findings: the pure-Python reference, Hyperscan, and the
+native (Rust) core ``trustzones_native`` built from ``native/``."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import hyperscan
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trustzones.dlp import Scanner, hyperscan_available
+from trustzones.dlp import Finding, Scanner, hyperscan_available, native_available
 from trustzones.dlp._rules import KEYWORDS, RULES
 from trustzones.dlp.synth import Synth
 
 HS = Scanner(engine="hyperscan")
 PY = Scanner(engine="python")
+NA = Scanner(engine="native")
 
 
-def test_hyperscan_loads_here() -> None:
+def test_all_engines_load_here() -> None:
     # The project depends on hyperscan; the fallback is for platforms without a wheel.
+    # scripts/test.sh builds and installs the native core (python -m pip install ./native).
     assert hyperscan_available()
+    assert native_available(), "build the native core: python -m pip install ./native"
     assert HS.engine == "hyperscan"
     assert PY.engine == "python"
+    assert NA.engine == "native"
+    assert Scanner().engine == "native"
+
+
+def outcome(fn: Callable[[], object]) -> object:
+    """What a call returns, or the type and message of what it raises."""
+    try:
+        return fn()
+    except Exception as exc:  # the engines must fail alike too
+        return (type(exc), str(exc))
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
@@ -54,8 +69,19 @@ def test_keyword_patterns_compile_in_hyperscan() -> None:
 def test_engines_agree_on_a_generated_corpus() -> None:
     synth = Synth(seed=424242)
     records = [synth.event() for _ in range(400)]
-    assert HS.scan_records(records) == PY.scan_records(records)
-    assert [HS.scan_record(r) for r in records[:50]] == [PY.scan_record(r) for r in records[:50]]
+    want = PY.scan_records(records)
+    assert sum(map(len, want)) > 1000  # the corpus does hold findings
+    assert HS.scan_records(records) == want
+    assert NA.scan_records(records) == want
+    assert [HS.scan_record(r) for r in records[:50]] == want[:50]
+    assert [NA.scan_record(r) for r in records[:50]] == want[:50]
+
+
+def test_native_findings_are_findings() -> None:
+    (f,) = NA.scan_record({"card": "4111 1111 1111 1111"})
+    assert type(f) is Finding
+    assert f == Finding("CREDIT_CARD", "card", 0, 19, 0.99, False)
+    assert f._replace(start=1).start == 1
 
 
 _FRAGMENTS = [
@@ -125,24 +151,90 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text_strategy)
-def test_engines_agree_on_generated_text(text: str) -> None:
-    assert HS.scan_text(text) == PY.scan_text(text)
-    for f in HS.scan_text(text):
+_FIELDS = ["ssn", "phone", "card_number", "version", "x", "ipAddress", "Email", "iban", "note"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text_strategy, st.one_of(st.none(), st.sampled_from(_FIELDS)))
+def test_engines_agree_on_generated_text(text: str, field: str | None) -> None:
+    want = PY.scan_text(text, field=field)
+    assert HS.scan_text(text, field=field) == want
+    assert NA.scan_text(text, field=field) == want
+    assert NA.detects(text) == PY.detects(text) == bool(PY.scan_text(text))
+    for f in want:
         assert 0 <= f.start < f.end <= len(text)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_engines_agree_on_generated_records(record: object) -> None:
-    assert HS.scan_record(record) == PY.scan_record(record)
+    want = PY.scan_record(record)
+    assert HS.scan_record(record) == want
+    assert NA.scan_record(record) == want
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200))
 def test_engines_agree_on_arbitrary_unicode(text: str) -> None:
-    assert HS.scan_text(text) == PY.scan_text(text)
+    want = PY.scan_text(text)
+    assert HS.scan_text(text) == want
+    assert NA.scan_text(text) == want
+
+
+# Lone surrogates cannot be UTF-8: the native engine hands such strings to Python.
+_any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
+_odd_records = st.recursive(
+    st.one_of(_any_text, st.sampled_from(["4111 1111 1111 1111", "ssn 123-45-6789"])),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.one_of(_any_text, st.sampled_from(_FIELDS)), children, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_odd_records)
+def test_native_agrees_on_any_code_point_including_surrogates(record: object) -> None:
+    assert outcome(lambda: NA.scan_record(record)) == outcome(lambda: PY.scan_record(record))
+
+
+_odd_values = st.one_of(
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=3),
+    st.tuples(st.integers(min_value=10**12, max_value=10**19)),
+    st.dictionaries(
+        st.one_of(st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False)),
+        st.integers(min_value=4 * 10**15, max_value=5 * 10**15),
+        max_size=3,
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(_FIELDS), _odd_values, max_size=4))
+def test_native_agrees_on_numbers_non_string_keys_and_unsupported_types(record: object) -> None:
+    assert outcome(lambda: NA.scan_record(record)) == outcome(lambda: PY.scan_record(record))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scan_keys": False},
+        {"min_confidence": 0.8},
+        {"types": ["US_SSN", "PHONE_NUMBER", "IP_ADDRESS"]},
+    ],
+)
+def test_native_agrees_with_scanner_options(options: dict[str, object]) -> None:
+    synth = Synth(seed=99)
+    records = [synth.event() for _ in range(200)]
+    records.append({"4111111111111111": {"ssn": "123456789"}, "phone": "call 415 555 0132"})
+    py = Scanner(engine="python", **options)  # type: ignore[arg-type]
+    na = Scanner(engine="native", **options)  # type: ignore[arg-type]
+    assert na.scan_records(records) == py.scan_records(records)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,5 +242,13 @@ def test_engines_agree_on_arbitrary_unicode(text: str) -> None:
 def test_a_batch_scans_like_its_records_one_by_one(records: list[object]) -> None:
     # One pass over the batch must give each record exactly its own findings, paths
     # included (a key that holds a finding in one record hides nothing in another).
-    for scanner in (HS, PY):
+    for scanner in (HS, PY, NA):
         assert scanner.scan_records(records) == [scanner.scan_record(r) for r in records]
+
+
+def test_native_keeps_no_state_between_batches() -> None:
+    # The native engine caches what keys need, only for keys that held nothing: a key
+    # that holds a card is found every time, and a clean key stays clean.
+    records = [{"4111111111111111": "x", "name": "4111111111111111"}] * 3
+    for _ in range(2):
+        assert NA.scan_records(records) == PY.scan_records(records)

@@ -8,7 +8,7 @@ import pytest
 
 from trustzones.dlp import Scanner
 
-SCANNER = Scanner()
+SCANNERS = {engine: Scanner(engine=engine) for engine in ("native", "hyperscan", "python")}
 
 
 def _case(text: str, *expected: tuple[str, str]) -> tuple[str, list[tuple[str, int, int]]]:
@@ -89,6 +89,7 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("engine", list(SCANNERS))
 @pytest.mark.parametrize(("text", "expected"), CASES, ids=[c[0][:40] for c in CASES])
-def test_peer_case(text: str, expected: list[tuple[str, int, int]]) -> None:
-    assert [(f.type, f.start, f.end) for f in SCANNER.scan_text(text)] == expected
+def test_peer_case(engine: str, text: str, expected: list[tuple[str, int, int]]) -> None:
+    assert [(f.type, f.start, f.end) for f in SCANNERS[engine].scan_text(text)] == expected

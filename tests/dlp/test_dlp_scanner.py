@@ -1,18 +1,40 @@
 """scan_record / scan_text: paths, offsets, normalisation, context, keys, and the promise
-that a finding never carries the value."""
+that a finding never carries the value; on every engine, and how the engine is chosen."""
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import pytest
 
-from trustzones.dlp import ENTITY_TYPES, Finding, Scanner, scan_record, scan_text
+from trustzones.dlp import (
+    ENTITY_TYPES,
+    EngineUnavailable,
+    Finding,
+    Scanner,
+    scan_record,
+    scan_text,
+)
+from trustzones.dlp import (
+    scanner as scanner_module,
+)
 from trustzones.dlp._normalize import normalize, to_original
 from trustzones.dlp._paths import parse_path, render_path
 
 CARD = "4111 1111 1111 1111"
+
+
+@pytest.fixture(autouse=True, params=["native", "hyperscan", "python"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test of this module runs on each engine: ``Scanner()`` and the module-level
+    functions pick it up from the environment."""
+    monkeypatch.setenv("TRUSTZONES_DLP_ENGINE", request.param)
+    monkeypatch.setattr(scanner_module, "_default", None)
+    yield request.param
+    used = scanner_module._default
+    assert used is None or used.engine == request.param
 
 
 def spans(findings: list[Finding]) -> list[tuple[str, str, int, int]]:
@@ -182,3 +204,49 @@ def test_parse_path_rejects_garbage() -> None:
     for bad in (".a", "a..b", "a[", "a[x]", "{#}", "a b"):
         with pytest.raises(ValueError, match="malformed"):
             parse_path(bad)
+
+
+# -- choosing the engine ---------------------------------------------------------------
+
+
+def test_the_environment_picks_the_engine_and_the_keyword_wins(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Scanner().engine == engine
+    assert Scanner(engine="python").engine == "python"
+    monkeypatch.delenv("TRUSTZONES_DLP_ENGINE")
+    assert Scanner().engine == "native"  # the fastest that loads
+
+
+def test_an_unknown_engine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"^unknown DLP engine 'rust'; use one of auto, native, hyperscan, python$",
+    ):
+        Scanner(engine="rust")  # type: ignore[arg-type]
+    monkeypatch.setenv("TRUSTZONES_DLP_ENGINE", "fast")
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"^TRUSTZONES_DLP_ENGINE='fast' is not a DLP engine; "
+        r"use one of auto, native, hyperscan, python$",
+    ):
+        Scanner()
+
+
+def test_asking_for_an_engine_that_is_not_installed_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scanner_module, "native_available", lambda: False)
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"^the DLP engine 'native' is not installed here: build and install it from "
+        r"the trustzones source tree with `python -m pip install \./native` \(needs Rust and "
+        r"cargo\); or choose another engine \(native, hyperscan, python\)$",
+    ):
+        Scanner(engine="native")
+    monkeypatch.setattr(scanner_module, "hyperscan_available", lambda: False)
+    with pytest.raises(EngineUnavailable, match=r"^the DLP engine 'hyperscan' is not installed"):
+        Scanner(engine="hyperscan")
+    # auto falls back to the pure-Python reference, which is always there.
+    monkeypatch.delenv("TRUSTZONES_DLP_ENGINE")
+    assert Scanner().engine == "python"

@@ -69,11 +69,13 @@ FF1_SAMPLES = [
 ]
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 @pytest.mark.parametrize(("sample", "key", "alphabet", "tweak", "pt", "ct"), FF1_SAMPLES)
 def test_ff1_nist_samples(
-    sample: int, key: str, alphabet: str, tweak: str, pt: str, ct: str
+    sample: int, key: str, alphabet: str, tweak: str, pt: str, ct: str, native: bool
 ) -> None:
-    ff1 = FF1(bytes.fromhex(key), alphabet)
+    ff1 = FF1(bytes.fromhex(key), alphabet, native=native)
+    assert ff1.native == native
     assert ff1.encrypt(pt, bytes.fromhex(tweak)) == ct
     assert ff1.decrypt(ct, bytes.fromhex(tweak)) == pt
 
@@ -85,8 +87,9 @@ def test_ff1_wrong_tweak_or_key_does_not_decrypt() -> None:
     assert FF1(bytes.fromhex(K256)).decrypt(ct, bytes.fromhex(T10)) != "0123456789"
 
 
-def test_ff1_enforces_the_minimum_domain() -> None:
-    ff1 = FF1(bytes(16))
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_ff1_enforces_the_minimum_domain(native: bool) -> None:
+    ff1 = FF1(bytes(16), native=native)
     assert ff1.minlen == 6
     with pytest.raises(ValueError, match="6 or more numerals"):
         ff1.encrypt("12345")

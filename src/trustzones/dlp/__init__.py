@@ -15,10 +15,12 @@ in the order of the record's fields (a key before the values under it), then by 
 from trustzones.dlp.redact import redact_findings
 from trustzones.dlp.scanner import (
     ENTITY_TYPES,
+    EngineUnavailable,
     Finding,
     Scanner,
     default_scanner,
     hyperscan_available,
+    native_available,
     scan_record,
     scan_text,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "SUPPRESSED",
     "DateShiftSpec",
     "EncryptFpeSpec",
+    "EngineUnavailable",
     "Finding",
     "GeneralizeSpec",
     "HashSpec",
@@ -67,6 +70,7 @@ __all__ = [
     "apply_transform",
     "default_scanner",
     "hyperscan_available",
+    "native_available",
     "parse_transform",
     "redact_findings",
     "scan_record",

@@ -4,6 +4,10 @@ Algorithm 7 (FF1.Encrypt) and Algorithm 8 (FF1.Decrypt) of SP 800-38G, for radix
 given as an alphabet string, with the rev. 1 requirement that radix^minlen >= 1,000,000.
 The PRF is CBC-MAC with a zero IV; P is the same for every round, so its encryption is
 computed once and each round encrypts only Q (CBC chaining from CIPH(P)).
+
+This is the reference. When the native core ``trustzones_native`` is installed, the rounds
+run there instead (the ``fpe`` crate on RustCrypto ``aes``); the checks and their errors
+stay here, and the tests hold both to the NIST samples and to each other.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import math
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from trustzones.dlp._native import NativeFF1, load_native
 
 __all__ = ["FF1", "MIN_DOMAIN"]
 
@@ -21,9 +27,12 @@ _MASK128 = (1 << 128) - 1
 
 
 class FF1:
-    """FF1 with one AES key and one alphabet (its length is the radix)."""
+    """FF1 with one AES key and one alphabet (its length is the radix). ``native``: use
+    the native core (default: when it is installed); the result is the same."""
 
-    def __init__(self, key: bytes, alphabet: str = "0123456789") -> None:
+    def __init__(
+        self, key: bytes, alphabet: str = "0123456789", *, native: bool | None = None
+    ) -> None:
         if len(key) not in (16, 24, 32):
             raise ValueError("FF1 needs an AES key of 16, 24 or 32 bytes")
         radix = len(alphabet)
@@ -43,6 +52,15 @@ class FF1:
         self._setup_cache: dict[
             tuple[int, bytes], tuple[int, int, int, int, int, int, int, int]
         ] = {}
+        module = load_native() if native is None or native else None
+        if native and module is None:
+            raise ValueError("the native FF1 needs trustzones_native (pip install ./native)")
+        self._native: NativeFF1 | None = module.FF1(key, radix) if module is not None else None
+
+    @property
+    def native(self) -> bool:
+        """Whether the rounds run in the native core."""
+        return self._native is not None
 
     def _ciph(self, block: int) -> int:
         return int.from_bytes(self._ecb.update(block.to_bytes(16, "big")), "big")
@@ -81,6 +99,8 @@ class FF1:
             raise ValueError(
                 f"FF1 input must have {self.minlen} or more numerals (radix {radix}), got {n}"
             )
+        if self._native is not None:
+            return self._native_rounds(self._native, x, tweak, decrypt)
         u, v, blen, d, state, tail_prefix, tail_len, mod_u = self._setup(n, tweak)
         mod_v = mod_u * radix if v > u else mod_u
         num_a, num_b = self._num(x[:u]), self._num(x[u:])
@@ -110,6 +130,19 @@ class FF1:
             else:
                 num_a, num_b = num_b, (num_a + y) % modulus
         return self._str(num_a, u) + self._str(num_b, v)
+
+    def _native_rounds(self, native: NativeFF1, x: str, tweak: bytes, decrypt: bool) -> str:
+        if self._decimal:
+            return native.decrypt_digits(x, tweak) if decrypt else native.encrypt_digits(x, tweak)
+        index = self._index
+        numerals = [index[ch] for ch in x]
+        out = (
+            native.decrypt_numerals(numerals, tweak)
+            if decrypt
+            else native.encrypt_numerals(numerals, tweak)
+        )
+        alphabet = self.alphabet
+        return "".join([alphabet[i] for i in out])
 
     def _num(self, text: str) -> int:
         if self._decimal:

@@ -24,6 +24,11 @@ Keys come from a :class:`TransformKeys`: ``secret(purpose)`` with purpose
 ``"<transform>:<key name>"`` (``hash:default``, ``encrypt_fpe:cards``, ``tokenize:default``,
 ``date_shift:default``). A :class:`Transformer` caches what it derives from them and is
 safe to share between threads.
+
+Speed: when the optional native core ``trustzones_native`` is installed (``native/`` in the
+source tree), FF1, the keyed HMACs of ``hash`` and ``date_shift``, ``mask`` of ASCII text and
+the walk of a compiled plan whose paths are all object keys run there; the outputs and
+errors are the same as this module's (``tests/dlp/test_dlp_native_transforms.py``).
 """
 
 from __future__ import annotations
@@ -37,13 +42,20 @@ import threading
 import unicodedata
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Annotated, Any, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Annotated, Any, Literal, NoReturn, Protocol, TypeAlias, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from trustzones.dlp._ff1 import FF1
+from trustzones.dlp._native import (
+    ExecutorStep,
+    NativeExecutor,
+    NativeHmac,
+    NativeModule,
+    load_native,
+)
 from trustzones.dlp._validators import luhn_check_digit, luhn_valid
 from trustzones.dlp.scanner import ENTITY_TYPES, Finding, Scanner, default_scanner
 from trustzones.dlp.vault import TokenVault
@@ -553,6 +565,14 @@ class Transformer:
         self._hmacs: dict[str, Any] = {}
         self._shift_hmacs: dict[str, Any] = {}
         self._ff1: dict[tuple[str, str], FF1] = {}
+        #: The native core (``trustzones_native``) when installed: ``mask``, ``hash``,
+        #: ``encrypt_fpe``, the HMAC of ``date_shift`` and the walk of plans of key paths run
+        #: there, with the same outputs. None: all in Python.
+        self._native: NativeModule | None = load_native()
+        self._native_hmacs: dict[str, NativeHmac] = {}
+        self._native_shift_hmacs: dict[str, NativeHmac] = {}
+        #: Per compiled plan of key paths: its native executor (None: not applicable).
+        self._executors: dict[TransformPlan, NativeExecutor | None] = {}
         self._scanners: dict[tuple[tuple[str, ...] | None, float], Scanner] = {}
         self._dispatch: dict[type[_Spec], Callable[[Any, object, str, object], object]] = {
             MaskSpec: self._mask,
@@ -604,6 +624,17 @@ class Transformer:
         original record. Compile a plan once with :meth:`TransformPlan.compile` when it is
         applied to many records."""
         compiled = plan if isinstance(plan, TransformPlan) else TransformPlan.compile(plan)
+        if self._native is not None and compiled is plan:
+            if compiled in self._executors:
+                executor = self._executors[compiled]
+            else:
+                executor = self._native_executor(self._native, compiled)
+                with self._lock:
+                    if len(self._executors) >= 64:
+                        self._executors.clear()
+                    self._executors[compiled] = executor
+            if executor is not None:
+                return executor.apply(record)
         result = record
         # Containers this call copied (by id, holding them alive): only these are changed in
         # place, so the input is never modified and each container is copied at most once.
@@ -627,6 +658,68 @@ class Transformer:
             result = _apply_at(result, segs, 0, fn, path, "")
             owned.clear()  # the generic walk shares containers; copy afresh after it
         return result
+
+    def _native_executor(self, native: NativeModule, plan: TransformPlan) -> NativeExecutor | None:
+        """The native form of the loop of :meth:`apply_record` over :meth:`_apply_simple`
+        steps, for a plan whose every path is made of keys: navigation and copy-on-write in
+        Rust, ``suppress``, ``mask`` of ASCII text and un-normalised ``hash`` of text there
+        too, every other transform (or value) through the same Python functions, with the
+        same errors. None when the plan has another kind of step."""
+        if any(where is None for where in plan._simple):
+            return None
+        steps: list[ExecutorStep] = []
+        for (path, spec, segs, subject_segs), where in zip(plan.steps, plan._simple, strict=True):
+            fn = self._dispatch.get(type(spec))
+            if fn is None or where is None:
+                return None  # the Python loop raises the error of an unknown spec
+
+            def call(
+                value: object,
+                subject: object,
+                spec: TransformSpec = spec,
+                where: str = where,
+                fn: Callable[[Any, object, str, object], object] = fn,
+            ) -> object:
+                try:
+                    return fn(spec, value, where, subject)
+                except TransformError:
+                    raise
+                except Exception as exc:
+                    # Never pass on a message that might quote the value.
+                    raise _fail(spec, where, f"failed ({type(exc).__name__})") from None
+
+            subject_fn: Callable[[object], object] | None = None
+            if subject_segs is not None:
+                assert isinstance(spec, DateShiftSpec)
+
+                def subject_fn(
+                    record: object,
+                    spec: DateShiftSpec = spec,
+                    subject_segs: tuple[PlanSegment, ...] = subject_segs,
+                    path: str = path,
+                ) -> object:
+                    return self._subject(spec, subject_segs, record, path)
+
+            op: tuple[object, ...] | None = None
+            if isinstance(spec, SuppressSpec):
+                op = ("suppress",)
+            elif isinstance(spec, MaskSpec):
+                op = ("mask", spec.keep_first, spec.keep_last, spec.char, spec.keep_separators)
+            elif isinstance(spec, HashSpec) and spec.normalize == "none":
+                try:
+                    secret = self._secret(spec, spec.key, where)
+                except TransformError:
+                    secret = None  # the Python function raises it when a value comes
+                if secret is not None:
+                    op = ("hash", secret, spec.encoding == "hex", spec.length, spec.prefix)
+            steps.append(([str(seg) for seg in segs], op, call, subject_fn))
+
+        def fail(step: int, depth: int, node: object) -> NoReturn:
+            path, _spec, segs, _subject = plan.steps[step]
+            at = ".".join(segs[:depth]) or "the top"  # type: ignore[arg-type]
+            raise _fail("transform", path, f"expected an object at {at}, got {_kind(node)}")
+
+        return native.PlanExecutor(steps, SUPPRESSED, fail)
 
     def _apply_simple(
         self,
@@ -717,6 +810,17 @@ class Transformer:
     # -- transforms ----------------------------------------------------------------------
 
     def _mask(self, spec: MaskSpec, value: object, path: str, _s: object) -> str:
+        native = self._native
+        if native is not None and type(value) is str and value.isascii():
+            masked = native.mask_ascii(
+                value,
+                keep_first=spec.keep_first,
+                keep_last=spec.keep_last,
+                char=spec.char,
+                keep_separators=spec.keep_separators,
+            )
+            if masked is not None:
+                return masked
         return mask_text(
             _as_text(spec, value, path),
             keep_first=spec.keep_first,
@@ -731,6 +835,15 @@ class Transformer:
             text = fold_digits(text).strip().casefold()
         elif spec.normalize == "digits":
             text = "".join(ch for ch in fold_digits(text) if "0" <= ch <= "9")
+        if self._native is not None:
+            keyed = self._native_hmacs.get(spec.key)
+            if keyed is None:
+                keyed = self._native.HmacSha256(self._secret(spec, spec.key, path))
+                with self._lock:
+                    self._native_hmacs[spec.key] = keyed
+            return keyed.hash_text(
+                text, hex=spec.encoding == "hex", length=spec.length, prefix=spec.prefix
+            )
         base = self._hmacs.get(spec.key)
         if base is None:
             base = hmac.new(self._secret(spec, spec.key, path), digestmod=hashlib.sha256)
@@ -767,13 +880,14 @@ class Transformer:
             raise _fail(spec, path, str(exc)) from None
 
     def _cipher(self, spec: EncryptFpeSpec, path: str) -> FF1:
+        native = self._native is not None
         ck = (spec.key, spec.alphabet)
         ff1 = self._ff1.get(ck)
-        if ff1 is None:
+        if ff1 is None or ff1.native != native:
             secret = self._secret(spec, spec.key, path)
             if len(secret) not in (16, 24, 32):
                 raise _fail(spec, path, f"key encrypt_fpe:{spec.key} must be 16, 24 or 32 bytes")
-            ff1 = FF1(secret, spec.alphabet)
+            ff1 = FF1(secret, spec.alphabet, native=native)
             with self._lock:
                 self._ff1[ck] = ff1
         return ff1
@@ -881,14 +995,23 @@ class Transformer:
         if not isinstance(value, str):
             raise _fail(spec, path, f"expects an ISO 8601 date string, got {_kind(value)}")
         day = _parse_iso_date(spec, value, path)
-        base = self._shift_hmacs.get(spec.key)
-        if base is None:
-            base = hmac.new(self._secret(spec, spec.key, path), digestmod=hashlib.sha256)
-            with self._lock:
-                self._shift_hmacs[spec.key] = base
-        h = base.copy()
-        h.update(str(subject).encode())
-        digest = h.digest()
+        data = str(subject).encode()
+        if self._native is not None:
+            keyed = self._native_shift_hmacs.get(spec.key)
+            if keyed is None:
+                keyed = self._native.HmacSha256(self._secret(spec, spec.key, path))
+                with self._lock:
+                    self._native_shift_hmacs[spec.key] = keyed
+            digest = keyed.digest(data)
+        else:
+            base = self._shift_hmacs.get(spec.key)
+            if base is None:
+                base = hmac.new(self._secret(spec, spec.key, path), digestmod=hashlib.sha256)
+                with self._lock:
+                    self._shift_hmacs[spec.key] = base
+            h = base.copy()
+            h.update(data)
+            digest = h.digest()
         k = int.from_bytes(digest[:8], "big") % (2 * spec.max_days)
         days = k - spec.max_days if k < spec.max_days else k - spec.max_days + 1
         try:

@@ -1,0 +1,22 @@
+//! `trustzones_native`: the native core of trustzones' DLP part (see `engine.rs` and
+//! `transforms.rs`). The Python package stays the reference; this module only makes it
+//! faster and must give identical results (tests/dlp/ check that with hypothesis).
+
+mod context;
+mod engine;
+mod json;
+mod transforms;
+mod validators;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::Engine>()?;
+    m.add_class::<transforms::Ff1>()?;
+    m.add_class::<transforms::HmacSha256>()?;
+    m.add_class::<transforms::PlanExecutor>()?;
+    m.add_function(wrap_pyfunction!(transforms::mask_ascii, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

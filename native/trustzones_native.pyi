@@ -1,0 +1,70 @@
+"""Type stubs of ``trustzones_native``, the optional Rust core of trustzones' DLP part.
+
+Built from ``native/`` (``python -m pip install ./native``); ``trustzones`` uses it through
+``trustzones.dlp._native`` and never needs it.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
+
+__version__: str
+
+class Engine:
+    """The native scanner core; built and used by ``trustzones.dlp.Scanner``."""
+
+    def __init__(
+        self,
+        rules: list[tuple[str, str, str, str | None, bool, bool]],
+        keywords: list[tuple[str, str]],
+        near: list[tuple[str, str]],
+        types: list[str],
+        *,
+        min_confidence: float,
+        scan_keys: bool,
+        finding: type,
+        map_char: Callable[[int], str],
+        normalize: Callable[[str], tuple[str, list[int] | None]],
+        field_context: Callable[[str], frozenset[str]],
+        dumps: Callable[[object], bytes],
+    ) -> None: ...
+    def scan_records(self, objs: Sequence[object]) -> list[list[tuple[object, ...]]]: ...
+    def scan_text(self, text: str, ctx: Iterable[str]) -> list[tuple[object, ...]]: ...
+    def detects(self, text: str) -> bool: ...
+
+class FF1:
+    """NIST SP 800-38G FF1 (the ``fpe`` crate on RustCrypto ``aes``)."""
+
+    def __init__(self, key: bytes, radix: int) -> None: ...
+    def encrypt_digits(self, text: str, tweak: bytes) -> str: ...
+    def decrypt_digits(self, text: str, tweak: bytes) -> str: ...
+    def encrypt_numerals(self, numerals: list[int], tweak: bytes) -> list[int]: ...
+    def decrypt_numerals(self, numerals: list[int], tweak: bytes) -> list[int]: ...
+
+class HmacSha256:
+    """HMAC-SHA-256 with one key (keyed state computed once)."""
+
+    def __init__(self, key: bytes) -> None: ...
+    def digest(self, data: bytes) -> bytes: ...
+    def hash_text(self, text: str, *, hex: bool, length: int | None, prefix: str) -> str: ...
+
+class PlanExecutor:
+    """``Transformer.apply_record`` for a plan whose paths are all object keys."""
+
+    def __init__(
+        self,
+        steps: list[
+            tuple[
+                list[str],
+                tuple[object, ...] | None,
+                Callable[[object, object], object],
+                Callable[[object], object] | None,
+            ]
+        ],
+        suppressed: object,
+        fail: Callable[[int, int, object], NoReturn],
+    ) -> None: ...
+    def apply(self, record: object) -> object: ...
+
+def mask_ascii(
+    text: str, *, keep_first: int, keep_last: int, char: str, keep_separators: bool
+) -> str | None: ...
