@@ -59,6 +59,11 @@ def test_scan_types_and_engine(tmp_path: Path, capfd: pytest.CaptureFixture[str]
     )
     out, _ = capfd.readouterr()
     assert [orjson.loads(line)["type"] for line in out.splitlines()] == ["PHONE_NUMBER"]
+    for engine in ("native", "hyperscan"):
+        args = ["dlp", "scan", str(path), "--json", "--types", "phone_number", "--engine", engine]
+        assert main(args) == 3
+        again, err = capfd.readouterr()
+        assert again == out
     assert main(["dlp", "scan", str(path), "--types", "NOPE"]) == 1
     _, err = capfd.readouterr()
     assert "unknown entity type" in err

@@ -93,10 +93,12 @@ def _emit(lineno: int, findings: list[Finding], as_json: bool) -> None:
 )
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "hyperscan", "python"]),
+    type=click.Choice(["auto", "native", "hyperscan", "python"]),
     default="auto",
     show_default=True,
-    help="Matching engine (both give the same findings).",
+    envvar="TRUSTZONES_DLP_ENGINE",
+    help="Matching engine (all give the same findings); auto: native, else hyperscan, else "
+    "python.",
 )
 def scan(file: Path, as_json: bool, types: str | None, min_confidence: float, engine: str) -> None:
     """Scan a JSON-lines FILE (one record per line; - reads stdin).
