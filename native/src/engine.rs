@@ -844,3 +844,10 @@ impl Engine {
         result
     }
 }
+
+impl Engine {
+    /// `scan_text(text, ())`: the findings of one string without field context.
+    pub(crate) fn scan_plain<'py>(&self, py: Python<'py>, text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyList>> {
+        self.scan_text(py, text, PyTuple::empty(py).as_any())
+    }
+}

@@ -27,8 +27,11 @@ safe to share between threads.
 
 Speed: when the optional native core ``trustzones_native`` is installed (``native/`` in the
 source tree), FF1, the keyed HMACs of ``hash`` and ``date_shift``, ``mask`` of ASCII text and
-the walk of a compiled plan whose paths are all object keys run there; the outputs and
-errors are the same as this module's (``tests/dlp/test_dlp_native_transforms.py``).
+the walk of a compiled plan whose paths are all object keys run there. Inside that walk,
+every transform but ``tokenize`` also runs natively on the values where it succeeds (ASCII
+text, ISO dates in their common forms, numbers of 64 bits) and passes any other value to
+this module's function. The outputs and errors are the same as this module's
+(``tests/dlp/test_dlp_native_transforms.py``).
 """
 
 from __future__ import annotations
@@ -662,9 +665,13 @@ class Transformer:
     def _native_executor(self, native: NativeModule, plan: TransformPlan) -> NativeExecutor | None:
         """The native form of the loop of :meth:`apply_record` over :meth:`_apply_simple`
         steps, for a plan whose every path is made of keys: navigation and copy-on-write in
-        Rust, ``suppress``, ``mask`` of ASCII text and un-normalised ``hash`` of text there
-        too, every other transform (or value) through the same Python functions, with the
-        same errors. None when the plan has another kind of step."""
+        Rust, ``suppress``, ``mask`` and ``hash`` of ASCII text (any text without
+        normalisation), ``redact_text`` of ASCII text with a native scanner, and
+        ``encrypt_fpe`` (decimal digits), ``generalize`` and ``date_shift`` of the values on
+        which they succeed (ISO dates in the forms of ``iso::parse`` in
+        ``native/src/transforms.rs``) there too,
+        every other transform (or value) through the same Python functions, with the same
+        errors. None when the plan has another kind of step."""
         if any(where is None for where in plan._simple):
             return None
         steps: list[ExecutorStep] = []
@@ -705,13 +712,31 @@ class Transformer:
                 op = ("suppress",)
             elif isinstance(spec, MaskSpec):
                 op = ("mask", spec.keep_first, spec.keep_last, spec.char, spec.keep_separators)
-            elif isinstance(spec, HashSpec) and spec.normalize == "none":
-                try:
-                    secret = self._secret(spec, spec.key, where)
-                except TransformError:
-                    secret = None  # the Python function raises it when a value comes
+            elif isinstance(spec, HashSpec):
+                secret = self._secret_or_none(spec, spec.key, where)
                 if secret is not None:
-                    op = ("hash", secret, spec.encoding == "hex", spec.length, spec.prefix)
+                    op = (
+                        "hash",
+                        secret,
+                        spec.encoding == "hex",
+                        spec.length,
+                        spec.prefix,
+                        spec.normalize,
+                    )
+            elif isinstance(spec, GeneralizeSpec):
+                op = self._native_generalize(spec)
+            elif isinstance(spec, RedactTextSpec):
+                engine = self._redact_scanner(spec)._native
+                if engine is not None:
+                    op = ("redact", engine, spec.style == "type", spec.mask_char)
+            elif isinstance(spec, EncryptFpeSpec) and spec.alphabet == "0123456789":
+                op = self._native_fpe(spec, where)
+            elif isinstance(spec, DateShiftSpec) and subject_segs is not None:
+                secret = self._secret_or_none(spec, spec.key, where)
+                if secret is not None:
+                    keyed_path = all(isinstance(seg, str) for seg in subject_segs)
+                    native_subject = [str(seg) for seg in subject_segs] if keyed_path else None
+                    op = ("date_shift", secret, spec.max_days, native_subject)
             steps.append(([str(seg) for seg in segs], op, call, subject_fn))
 
         def fail(step: int, depth: int, node: object) -> NoReturn:
@@ -720,6 +745,40 @@ class Transformer:
             raise _fail("transform", path, f"expected an object at {at}, got {_kind(node)}")
 
         return native.PlanExecutor(steps, SUPPRESSED, fail)
+
+    def _secret_or_none(self, spec: _Spec, key: str, where: str) -> bytes | None:
+        """The secret for a native step; None leaves the step to its Python function, which
+        raises the error of a missing key when a value comes."""
+        try:
+            return self._secret(spec, key, where)
+        except TransformError:
+            return None
+
+    def _native_fpe(self, spec: EncryptFpeSpec, where: str) -> tuple[object, ...] | None:
+        """The native op of an ``encrypt_fpe`` step over decimal digits; None when the key
+        is missing or of the wrong size (the Python function raises that error)."""
+        secret = self._secret_or_none(spec, spec.key, where)
+        if secret is None or len(secret) not in (16, 24, 32):
+            return None
+        try:
+            tweak = spec.tweak.encode()
+        except UnicodeEncodeError:
+            return None
+        luhn_invalid = spec.luhn == "invalid"
+        return ("fpe", secret, tweak, spec.keep_first, spec.keep_last, luhn_invalid)
+
+    @staticmethod
+    def _native_generalize(spec: GeneralizeSpec) -> tuple[object, ...] | None:
+        """The native op of a ``generalize`` step (it handles the values on which the
+        Python function succeeds, and passes every other value to it)."""
+        if spec.method == "zip":
+            return ("zip", spec.keep, spec.hipaa_zip)
+        if spec.method == "date":
+            return ("date_trunc", spec.granularity == "year")
+        # Native floats represent integers exactly only up to 2**53.
+        if spec.cap > 2**53 or (spec.width is not None and spec.width > 2**53):
+            return None
+        return ("number", spec.method == "age", spec.width, spec.cap)
 
     def _apply_simple(
         self,
@@ -1020,9 +1079,7 @@ class Transformer:
             raise _fail(spec, path, "the shifted date is out of range") from None
         return shifted.isoformat() + value[10:]
 
-    def _redact_text(self, spec: RedactTextSpec, value: object, path: str, _s: object) -> str:
-        if not isinstance(value, str):
-            raise _fail(spec, path, f"expects a string, got {_kind(value)}")
+    def _redact_scanner(self, spec: RedactTextSpec) -> Scanner:
         key = (spec.types, spec.min_confidence)
         scanner = self._scanners.get(key)
         if scanner is None:
@@ -1034,7 +1091,12 @@ class Transformer:
                 scanner = Scanner(types=spec.types, min_confidence=spec.min_confidence)
             with self._lock:
                 self._scanners[key] = scanner
-        findings: list[Finding] = scanner.scan_text(value)
+        return scanner
+
+    def _redact_text(self, spec: RedactTextSpec, value: object, path: str, _s: object) -> str:
+        if not isinstance(value, str):
+            raise _fail(spec, path, f"expects a string, got {_kind(value)}")
+        findings: list[Finding] = self._redact_scanner(spec).scan_text(value)
         return redact_spans(
             value,
             [(f.start, f.end, f.type) for f in findings],
