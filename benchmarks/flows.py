@@ -1,6 +1,6 @@
 """Sanitising flow throughput on the embedded backend, against a plain copy in the same run.
 
-Both move the same 20,000 generated card payments (~600 bytes) from the payments zone to the
+Both move the same 20,000 generated card payments (~450 B of JSON) from the payments zone to the
 analytics zone file, batch by batch, each batch in one destination transaction that also
 stores the source position, with both zones encrypted at rest:
 
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import orjson
+import yaml
 
 from trustzones.cli import main as cli
 from trustzones.errors import ApprovalRequired
@@ -65,7 +66,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         ws_dir = Path(d) / "ws"
         assert cli(["init", str(ws_dir)]) == 0
-        with Workspace.open(ws_dir / "trustzones.yaml") as ws:
+        path = ws_dir / "trustzones.yaml"
+        doc = yaml.safe_load(path.read_text())
+        for zone in doc["zones"]:
+            # Loading the data is not measured: the zone's ingress rate limit would refuse it.
+            zone.get("controls", {}).pop("rate_limit", None)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        with Workspace.open(path) as ws:
             events = generate_events(
                 ws.config, "payments.transactions", a.records, seed=3, leak_rate=0.02
             )

@@ -2,7 +2,7 @@
 
 Two single-node KRaft clusters (``scripts/kafka.py``; or the running ones named by
 ``TRUSTZONES_KAFKA_STATE``): the payments zone on one, the analytics zone on the other. The
-same generated card payments (~600 B JSON) are moved from the source topic to the destination
+same generated card payments (~450 B JSON) are moved from the source topic to the destination
 cluster three ways, each exactly-once (destination transactions that carry the source offsets,
 read_committed readers):
 
@@ -10,12 +10,16 @@ read_committed readers):
 - sanitising flow: ``trustzones`` FlowRunner (transforms, destination schema and
   classification checks, DLP scan, watermark, quarantine, lineage headers);
 - Quix Streams 3.28.1 (``scripts/quix_bench.py``, its own virtualenv) applying the same
-  transforms and a regex DLP scan exactly-once, reading the plain copy's output (the same
-  records, already in the destination cluster) and writing to the destination cluster: Quix's
+  transforms and a regex DLP scan exactly-once, reading the same records as plain JSON from a
+  topic loaded beforehand (untimed) in the destination cluster and writing there: Quix's
   own cross-cluster path, ``KafkaReplicatorSource``, does not run exactly-once in 3.28.1 (its
   source gets a non-transactional producer and fails at ``begin_transaction``; with a
   transactional producer patched in it replicated nothing in 55 s), so Quix is measured on one
   cluster. Skipped, with the reason, if ``--quix-python`` does not exist.
+
+Both zones are encrypted at rest (the workspace's default), so the flow opens each source
+record and seals each output and quarantined record with zone keys; the plain copy moves the
+sealed bytes as they are, and Quix reads and writes plain JSON (it has no zone keys).
 
     python benchmarks/kafka_flows.py [--records 20000] [--batch 2000]
         [--quix-python /tmp/quixvenv/bin/python]
@@ -113,6 +117,18 @@ def plain_copy(src: Any, dst: Any, topic: str, out: str, parts: int, batch: int,
     return moved
 
 
+def load_plain(c: Any, topic: str, parts: int, values: list[bytes], keys: list[bytes]) -> None:
+    """``values`` as plain JSON into ``topic`` (created) on cluster ``c``: Quix's input."""
+    admin = AdminClient(conf(c))
+    for f in admin.create_topics([NewTopic(topic, num_partitions=parts)]).values():
+        f.result()
+    producer = Producer(conf(c, **{"linger.ms": 5}))
+    for value, key in zip(values, keys, strict=True):
+        producer.produce(topic, value, key)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
 def _count(c: Any, topic: str) -> int:
     """Committed records in ``topic`` (read_committed), to check each run moved everything."""
     consumer = Consumer(
@@ -144,7 +160,7 @@ def _count(c: Any, topic: str) -> int:
 def quix(
     py: Path, src: Any, dst: Any, topic: str, prefix: str, n: int, state_dir: Path
 ) -> dict[str, Any] | str:
-    """Quix Streams on the destination cluster, reading ``topic`` there (see the module doc)."""
+    """Quix Streams on the destination cluster, reading plain JSON from ``topic`` there."""
     if not py.exists():
         return f"not run: {py} does not exist (python -m venv it and pip install quixstreams)"
     settings = {
@@ -225,15 +241,14 @@ def run(a: argparse.Namespace, clusters: list[Any], d: Path, started: float) -> 
             ws.config, "payments.transactions", a.records, seed=3, leak_rate=0.02
         )
         values = [orjson.dumps(e) for e in events]
+        keys = [event_key(ws.config, "payments.transactions", e) for e in events]
         size = sum(map(len, values)) / len(values)
         for i in range(0, len(values), 5000):
             ws.produce(
                 "payments.transactions",
                 values[i : i + 5000],
                 principal="payments-service",
-                keys=[
-                    event_key(ws.config, "payments.transactions", e) for e in events[i : i + 5000]
-                ],
+                keys=keys[i : i + 5000],
             )
         runner = open_flow(ws, FLOW)
         try:
@@ -253,8 +268,10 @@ def run(a: argparse.Namespace, clusters: list[Any], d: Path, started: float) -> 
         t_flow = time.perf_counter() - t0
     assert copied == a.records and stats.read == a.records
     assert _count(dst, prefix + "analytics.transactions") == stats.delivered
-    # Quix reads the plain copy's output: the same records, already in the destination cluster.
-    q = quix(a.quix_python, src, dst, prefix + "copy", prefix, a.records, d / "quix-state")
+    # Quix reads the same records as plain JSON, loaded (untimed) into the destination cluster.
+    if a.quix_python.exists():
+        load_plain(dst, prefix + "quix.in", parts, values, keys)
+    q = quix(a.quix_python, src, dst, prefix + "quix.in", prefix, a.records, d / "quix-state")
 
     copy_rate, flow_rate = copied / t_copy, stats.read / t_flow
     print(

@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trustzones.dlp import TokenVault, UnknownToken, VaultCipher, aesgcm_cipher
 from trustzones.errors import DecryptionFailed, TransformError
@@ -286,17 +288,293 @@ def test_preserving_token_refuses_to_keep_more_than_the_value_has() -> None:
 
 def test_new_tokens_are_checked_with_the_callers_scanner(tmp_path: Path) -> None:
     # Every token shaped like an e-mail address is an e-mail address: the default scanner
-    # refuses them all; a flow whose scanner looks only for cards accepts one.
+    # refuses them all; a flow whose scanner looks only for cards accepts one. (A seven-letter
+    # top-level domain: a random three-letter one may spell a file extension such as ``png``,
+    # which the e-mail rule rightly treats as a file name.)
     from trustzones.dlp import Scanner
 
     with TokenVault(tmp_path / "v.db", cipher=aesgcm_cipher(KEY)) as vault:
         with pytest.raises(TransformError, match="free of detectable patterns"):
-            vault.tokenize("ann@example.com", domain="e", index_key=INDEX, format="preserve")
+            vault.tokenize("ann@example.network", domain="e", index_key=INDEX, format="preserve")
         token = vault.tokenize(
-            "ann@example.com",
+            "ann@example.network",
             domain="e",
             index_key=INDEX,
             format="preserve",
             scanner=Scanner(types=["CREDIT_CARD"]),
         )
         assert token[3] == "@" and token != "ann@example.com"
+
+
+# -- fast format-preserving tokens ---------------------------------------------------------
+
+_ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@given(
+    value=st.text(alphabet=_ALNUM + " -./_@", min_size=6, max_size=40).filter(
+        lambda v: sum(ch.isalnum() for ch in v) >= 6
+    ),
+    keep=st.integers(min_value=0, max_value=4),
+)
+@settings(max_examples=300, deadline=None)
+def test_ascii_preserving_tokens_keep_shape_and_tail(value: str, keep: int) -> None:
+    from trustzones.dlp.vault import MIN_RANDOM_CHARS, _one_preserving_token
+
+    alnum = [i for i, ch in enumerate(value) if ch.isalnum()]
+    if len(alnum) - keep < MIN_RANDOM_CHARS:
+        with pytest.raises(ValueError, match="at least 6 random"):
+            _one_preserving_token(value, keep)
+        return
+    token = _one_preserving_token(value, keep)
+    assert len(token) == len(value)
+    kept = set(alnum[len(alnum) - keep :]) if keep else set()
+    for i, (a, b) in enumerate(zip(value, token, strict=True)):
+        if i not in alnum or i in kept:
+            assert a == b
+        elif a.isdigit():
+            assert b.isdigit()
+        elif a.islower():
+            assert b.islower() and b.isascii()
+        else:
+            assert b.isupper() and b.isascii()
+
+
+@given(
+    digits=st.text(alphabet="0123456789", min_size=13, max_size=19),
+    sep=st.sampled_from(["", " ", "-"]),
+    keep=st.integers(min_value=0, max_value=4),
+)
+@settings(max_examples=300, deadline=None)
+def test_preserving_tokens_of_card_shaped_values_always_fail_luhn(
+    digits: str, sep: str, keep: int
+) -> None:
+    from trustzones.dlp._validators import luhn_valid
+    from trustzones.dlp.vault import _one_preserving_token
+
+    value = sep.join(digits[i : i + 4] for i in range(0, len(digits), 4))
+    for _ in range(5):
+        token = _one_preserving_token(value, keep)
+        assert not luhn_valid("".join(ch for ch in token if ch.isdigit()))
+
+
+def test_token_shape_cache_holds_no_characters_of_values() -> None:
+    from trustzones.dlp import vault as vault_module
+
+    vault_module._one_preserving_token("4716-2210-9735-5563", 4)
+    assert ("dddd.dddd.dddd.dddd", 4) in vault_module._SHAPES
+    # Keys are shapes (d: digit, l / u: lower / upper case letter, .: kept as is), and the
+    # cached plans hold positions and counts only.
+    for kinds, _keep in vault_module._SHAPES:
+        assert set(kinds) <= set("dlu.")
+    for shape in vault_module._SHAPES.values():
+        assert not any(isinstance(v, str) for v in (shape.runs, shape.counts, shape.luhn))
+
+
+@given(
+    value=st.text(max_size=40),
+    domain=st.text(min_size=1, max_size=10),
+    key=st.binary(min_size=0, max_size=100),
+)
+@settings(max_examples=200, deadline=None)
+def test_cached_fingerprint_is_the_hmac_of_domain_and_value(
+    tmp_path_factory: pytest.TempPathFactory, value: str, domain: str, key: bytes
+) -> None:
+    # A second implementation: the standard library's HMAC over ``domain NUL value``.
+    import hashlib
+    import hmac
+
+    path = tmp_path_factory.mktemp("fp") / "v.db"
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        expected = hmac.new(key, domain.encode() + b"\x00" + value.encode(), hashlib.sha256)
+        assert vault._fingerprint(value, domain, key) == expected.digest()
+        assert vault._fingerprint(value, domain, key) == expected.digest()  # cached states
+
+
+# -- provisional batches: checked by the caller's scan, stored with one statement --------
+
+
+class _Flagging:
+    """A scanner that finds something in exactly the strings in ``flagged``."""
+
+    def __init__(self) -> None:
+        self.flagged: set[str] = set()
+        self.asked: list[str] = []
+
+    def detects(self, text: str) -> bool:
+        self.asked.append(text)
+        return text in self.flagged
+
+
+def _tok(vault: TokenVault, value: str, scanner: object) -> str:
+    return vault.tokenize(
+        value, domain="card", index_key=INDEX, format="preserve", keep_last=4, scanner=scanner
+    )  # type: ignore[arg-type]
+
+
+def test_provisional_batch_hands_out_tokens_and_stores_them_when_settled(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with vault.provisional_batch() as batch:
+            a = _tok(vault, "4111 1111 1111 1111", scanner)
+            assert _tok(vault, "4111 1111 1111 1111", scanner) == a  # the same, twice taken
+            b = _tok(vault, "5500 0000 0000 0004", scanner)
+            assert batch.take() == (("card", a), ("card", a), ("card", b))
+            assert batch.take() == ()
+            assert _stored(path) == set()  # nothing stored before settling
+            assert vault.detokenize(a, domain="card") == "4111 1111 1111 1111"
+            assert batch.settle({("card", a)}) == frozenset()
+            assert scanner.asked == [b]  # the confirmed token is not scanned again
+            assert _stored(path) == set()  # stored, but not committed before the block ends
+        assert _stored(path) == {a, b}
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        assert _tok(vault, "4111 1111 1111 1111", scanner) == a
+        assert vault.detokenize(b, domain="card") == "5500 0000 0000 0004"
+
+
+def test_provisional_token_that_fails_its_check_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with vault.provisional_batch() as batch:
+            bad = _tok(vault, "4111 1111 1111 1111", scanner)
+            scanner.flagged.add(bad)
+            assert batch.settle(()) == frozenset({("card", bad)})
+            good = _tok(vault, "4111 1111 1111 1111", scanner)
+            assert good != bad and good not in scanner.flagged
+            assert batch.take() == ()  # the replacement is checked and stored: not provisional
+        assert _stored(path) == {good}
+        with pytest.raises(UnknownToken):
+            vault.detokenize(bad, domain="card")
+
+
+def test_unsettled_provisional_tokens_that_fail_their_check_fail_the_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with (
+            pytest.raises(TransformError, match="a token already handed out failed its check"),
+            vault.provisional_batch(),
+        ):
+            scanner.flagged.add(_tok(vault, "4111 1111 1111 1111", scanner))
+        assert _stored(path) == set()
+        # Unsettled tokens that pass are checked and stored when the block ends.
+        with vault.provisional_batch():
+            kept = _tok(vault, "5500 0000 0000 0004", scanner)
+        assert _stored(path) == {kept}
+
+
+def test_provisional_token_of_a_value_tokenized_meanwhile_is_replaced_by_that_token(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with (
+        TokenVault(path, cipher=aesgcm_cipher(KEY)) as mine,
+        TokenVault(path, cipher=aesgcm_cipher(KEY)) as other,
+    ):
+        with mine.provisional_batch() as batch:
+            provisional = _tok(mine, "4111 1111 1111 1111", scanner)
+            theirs = _tok(other, "4111 1111 1111 1111", scanner)  # another process, committed
+            assert batch.settle(batch.take()) == frozenset({("card", provisional)})
+            assert _tok(mine, "4111 1111 1111 1111", scanner) == theirs
+        assert _stored(path) == {theirs}
+
+
+def test_provisional_token_that_clashes_with_a_stored_one_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with vault.provisional_batch() as batch:
+            clash = _tok(vault, "4111 1111 1111 1111", scanner)
+            # Another value took the same random token meanwhile.
+            db = sqlite3.connect(path)
+            db.execute(
+                "INSERT INTO tokens VALUES ('card', ?, ?, ?, 0)", (clash, b"f" * 32, b"sealed")
+            )
+            db.commit()
+            db.close()
+            assert batch.settle(batch.take()) == frozenset({("card", clash)})
+            again = _tok(vault, "4111 1111 1111 1111", scanner)
+            assert again != clash
+        assert vault.detokenize(again, domain="card") == "4111 1111 1111 1111"
+
+
+def test_provisional_batches_look_values_up_first_while_most_exist(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    values = [f"4111 1111 1111 {i:04d}" for i in range(10)]
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        stored = [_tok(vault, v, scanner) for v in values]
+    # A fresh process (empty cache) sees only values that have tokens: the first batch
+    # finds out when it settles, the next ones look them up before issuing anything.
+    with TokenVault(path, cipher=aesgcm_cipher(KEY), cache_size=0) as vault:
+        with vault.provisional_batch() as batch:
+            [_tok(vault, v, scanner) for v in values]
+            assert len(batch.settle(batch.take())) == 10
+            assert [_tok(vault, v, scanner) for v in values] == stored
+        with vault.provisional_batch() as batch:
+            assert [_tok(vault, v, scanner) for v in values] == stored
+            assert batch.take() == ()
+
+
+def test_provisional_batch_must_be_the_outermost_and_ends_with_its_block(tmp_path: Path) -> None:
+    with TokenVault(tmp_path / "v.db", cipher=aesgcm_cipher(KEY)) as vault:
+        with (
+            vault.batch(),
+            pytest.raises(TransformError, match="must be the outermost batch"),
+            vault.provisional_batch(),
+        ):
+            pass
+        with vault.provisional_batch() as batch:
+            pass
+        with pytest.raises(TransformError, match="this provisional token batch has ended"):
+            batch.settle(())
+
+
+def test_provisional_batch_that_raises_keeps_none_of_its_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with pytest.raises(RuntimeError, match="downstream failed"), vault.provisional_batch() as b:
+            lost = _tok(vault, "4111 1111 1111 1111", scanner)
+            b.settle(b.take())
+            raise RuntimeError("downstream failed")
+        assert _stored(path) == set()
+        assert _tok(vault, "4111 1111 1111 1111", scanner) != lost
+
+
+# -- the pool of random bytes ----------------------------------------------------------------
+
+
+def test_random_pool_hands_each_byte_out_once() -> None:
+    from trustzones.dlp.vault import _RandomPool
+
+    pool = _RandomPool(size=64)  # refilled every 4 takes
+    taken = [pool.take(16) for _ in range(1000)]
+    assert len(set(taken)) == 1000 and all(len(t) == 16 for t in taken)
+    assert len(pool.take(100)) == 100  # more than the pool holds at once
+
+
+def test_forked_child_does_not_reuse_the_parents_random_bytes() -> None:
+    import os
+
+    from trustzones.dlp import vault as vault_module
+
+    vault_module._RANDOM.take(1)  # the pool holds unused bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: hand the parent what it would take next
+        try:
+            os.write(write, vault_module._RANDOM.take(32))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 32)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != vault_module._RANDOM.take(32)

@@ -17,31 +17,39 @@ the same domain always gets the same token (joins keep working downstream).
 
 ``detokenize`` does not check who is asking: callers authorise first (a grant in the source
 zone). One vault object may be shared by threads; several processes may open the same file
-(WAL mode, ``BEGIN IMMEDIATE`` around each new token, or around each :meth:`TokenVault.batch`).
+(WAL mode, ``BEGIN IMMEDIATE`` around each new token, or around each :meth:`TokenVault.batch`
+from its first new token, or around the settling of a
+:meth:`TokenVault.provisional_batch`).
 
 Speed: tokens already issued are remembered in a bounded LRU keyed by the keyed fingerprint
 (never by the clear value), and :meth:`TokenVault.batch` groups the new tokens of many
 records into one transaction, committed when the block ends: a flow commits its batch's
-tokens before it writes any record that carries one.
+tokens before it writes any record that carries one. A flow uses
+:meth:`TokenVault.provisional_batch`: it hands out new format-preserving tokens before they
+are checked and stores them with one statement when it settles, its own output scan
+standing in for the check of each token on its own; settling finds the values that had a
+token already and the clashes, and replaces those tokens before anything is committed. A
+new format-preserving token is one uniform draw of random bytes (from a pool the OS CSPRNG
+fills 4 KiB at a time), read off as digits and letters by the value's cached shape.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
-import secrets
 import sqlite3
 import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,11 +60,22 @@ from trustzones.errors import DecryptionFailed, TransformError, TrustzonesError
 if TYPE_CHECKING:
     from trustzones.dlp.scanner import Scanner
 
-__all__ = ["TokenFormat", "TokenVault", "UnknownToken", "VaultCipher", "aesgcm_cipher"]
+__all__ = [
+    "ProvisionalToken",
+    "ProvisionalTokens",
+    "TokenFormat",
+    "TokenVault",
+    "UnknownToken",
+    "VaultCipher",
+    "aesgcm_cipher",
+]
 
 TokenFormat = Literal["random", "preserve"]
 _SCHEMA_VERSION = 1
 _MAX_TRIES = 32
+#: Provisional batches look values up first while more than this share of them turn out
+#: to have a token already.
+_LOOKUP_FIRST_ABOVE = 0.05
 #: Fewest random characters a format-preserving token may have.
 MIN_RANDOM_CHARS = 6
 
@@ -95,8 +114,44 @@ def _aad(domain: str, token: str) -> bytes:
     return b"trustzones/vault/v1\x00" + domain.encode() + b"\x00" + token.encode()
 
 
+class _RandomPool:
+    """Bytes from the OS CSPRNG, read 4 KiB at a time and handed out once each.
+
+    One system call per few hundred tokens instead of one per token: ``os.urandom`` gives up
+    the GIL, and taking it back costs a thread switch whenever another thread is busy (a
+    flow writes one batch from a writer thread while it tokenises the next). A forked child
+    starts with an empty pool, so it never hands out its parent's bytes.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._pos + n > len(self._buf):
+                self._buf = os.urandom(max(self._size, n))
+                self._pos = 0
+            out = self._buf[self._pos : self._pos + n]
+            self._pos += n
+            return out
+
+    def reset(self) -> None:
+        """Forget the bytes read so far (in a forked child: also a lock no thread holds)."""
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+
+_RANDOM = _RandomPool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RANDOM.reset)
+
+
 def _random_token(prefix: str) -> str:
-    return prefix + secrets.token_urlsafe(16)
+    return prefix + base64.urlsafe_b64encode(_RANDOM.take(16)).rstrip(b"=").decode()
 
 
 _TOKEN_ATTEMPTS = 64
@@ -138,7 +193,6 @@ _ASCII_KIND = str.maketrans(
         for c in range(128)
     }
 )
-_ONLY_DIGITS = str.maketrans({chr(c): None for c in range(128) if chr(c) not in _DIGITS})
 #: Per kind: the alphabet, and the first random byte value rejected so that ``byte % len``
 #: stays uniform.
 _ALPHABETS = {"d": (_DIGITS, 250), "l": (_LOWER, 234), "u": (_UPPER, 234)}
@@ -156,22 +210,16 @@ def _one_preserving_token(value: str, keep_last: int) -> str:
     a random ASCII one of its kind (the last ``keep_last`` of them kept), everything else
     kept. A Luhn-valid digit string gets a Luhn-invalid token, so a token is never
     mistaken for a card number."""
+    if value.isascii():
+        return _ascii_preserving_token(value, keep_last)
     # Every letter and digit, in any script, is a position: a full-width digit left in
     # place would leak.
-    if value.isascii():
-        kinds = value.translate(_ASCII_KIND)
-    else:
-        kinds = "".join(_kind(ch) if ch.isalnum() else "." for ch in value)
+    kinds = "".join(_kind(ch) if ch.isalnum() else "." for ch in value)
     n_alnum = len(kinds) - kinds.count(".")
-    n_random = n_alnum - keep_last if keep_last else n_alnum
-    if n_random < MIN_RANDOM_CHARS:
-        raise ValueError(
-            f"a format-preserving token needs at least {MIN_RANDOM_CHARS} random letters or "
-            f"digits; this value has {max(n_random, 0)}"
-        )
+    n_random = _random_count(n_alnum, keep_last)
     out = list(value)
     # One call to the CSPRNG per token; bytes that would bias the choice are skipped.
-    pool = secrets.token_bytes(n_random + 16)
+    pool = _RANDOM.take(n_random + 16)
     k = 0
     left = n_random
     last_random = -1
@@ -181,7 +229,7 @@ def _one_preserving_token(value: str, keep_last: int) -> str:
         alphabet, limit = _ALPHABETS[kind]
         while True:
             if k == len(pool):
-                pool = secrets.token_bytes(16)
+                pool = _RANDOM.take(16)
                 k = 0
             b = pool[k]
             k += 1
@@ -194,16 +242,205 @@ def _one_preserving_token(value: str, keep_last: int) -> str:
         if not left:
             break
     token = "".join(out)
-    if token.isascii():
-        digits = token.translate(_ONLY_DIGITS)
-    else:
-        digits = "".join(str(unicodedata.digit(ch)) for ch in token if ch.isdigit())
+    digits = "".join(str(unicodedata.digit(ch)) for ch in token if ch.isdigit())
     all_digits = len(digits) == n_alnum and kinds.count("d") == n_alnum
     if all_digits and 13 <= len(digits) <= 19 and luhn_valid(digits):
         # Change the last random digit so that the Luhn check fails.
         out[last_random] = str((int(out[last_random]) + 1) % 10)
         token = "".join(out)
     return token
+
+
+def _random_count(n_alnum: int, keep_last: int) -> int:
+    n_random = n_alnum - keep_last if keep_last else n_alnum
+    if n_random < MIN_RANDOM_CHARS:
+        raise ValueError(
+            f"a format-preserving token needs at least {MIN_RANDOM_CHARS} random letters or "
+            f"digits; this value has {max(n_random, 0)}"
+        )
+    return n_random
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Where the random characters of an ASCII value's token go (see ``_shape``)."""
+
+    #: (start, end, alphabet index, offset into that alphabet's random text) per run of
+    #: random positions of one kind, in order.
+    runs: tuple[tuple[int, int, int, int], ...]
+    #: How many random digits, lower and upper case letters the token gets.
+    counts: tuple[int, int, int]
+    #: 10**digits: the digits are the draw modulo this.
+    digit_space: int
+    #: How many different tokens there are (10**digits * 26**letters), the bytes drawn for
+    #: one, and the first draw rejected so that ``draw % space`` stays uniform.
+    space: int
+    draw_bytes: int
+    draw_limit: int
+    #: Every letter and digit is a digit, 13 to 19 of them: the token must fail Luhn.
+    luhn: bool
+    #: The last random position (a digit when ``luhn``).
+    last_random: int
+
+
+_KIND_INDEX = {"d": 0, "l": 1, "u": 2}
+_NOT_DIGITS = bytes(c for c in range(256) if not 48 <= c <= 57)
+#: Shapes by (kinds, keep_last): a value's shape only (which positions are digits,
+#: letters or kept), never its characters. Bounded: cleared when full.
+_SHAPES: dict[tuple[str, int], _Shape] = {}
+_SHAPES_MAX = 4096
+
+
+def _shape(kinds: str, keep_last: int) -> _Shape:
+    n_alnum = len(kinds) - kinds.count(".")
+    n_random = _random_count(n_alnum, keep_last)
+    runs: list[tuple[int, int, int, int]] = []
+    counts = [0, 0, 0]
+    left = n_random
+    last_random = -1
+    for i, kind in enumerate(kinds):
+        if not left:
+            break
+        if kind == ".":
+            continue
+        a = _KIND_INDEX[kind]
+        if runs and runs[-1][1] == i and runs[-1][2] == a:
+            s, _e, _a, off = runs[-1]
+            runs[-1] = (s, i + 1, a, off)
+        else:
+            runs.append((i, i + 1, a, counts[a]))
+        counts[a] += 1
+        last_random = i
+        left -= 1
+    digit_space = 10 ** counts[0]
+    space = digit_space * 26 ** (counts[1] + counts[2])
+    # One byte more than the space needs: a draw is rejected less than once in 256.
+    draw_bytes = (space.bit_length() + 7) // 8 + 1
+    draw_limit = (256**draw_bytes // space) * space
+    luhn = kinds.count("d") == n_alnum and 13 <= n_alnum <= 19
+    return _Shape(
+        tuple(runs),
+        (counts[0], counts[1], counts[2]),
+        digit_space,
+        space,
+        draw_bytes,
+        draw_limit,
+        luhn,
+        last_random,
+    )
+
+
+def _ascii_preserving_token(value: str, keep_last: int) -> str:
+    """:func:`_one_preserving_token` for an ASCII value: the positions come from its cached
+    shape, and all the random characters from one uniform draw below the number of possible
+    tokens (rejection sampling on CSPRNG bytes), read off as base-10 and base-26 digits, so
+    every character is uniform and independent of the others."""
+    kinds = value.translate(_ASCII_KIND)
+    key = (kinds, keep_last)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = _shape(kinds, keep_last)
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    limit = shape.draw_limit
+    while True:
+        x = int.from_bytes(_RANDOM.take(shape.draw_bytes))
+        if x < limit:
+            x %= shape.space
+            break
+    nd, nl, nu = shape.counts
+    x, d = divmod(x, shape.digit_space)
+    digits = f"{d:0{nd}d}" if nd else ""
+    if shape.luhn:
+        # All the letters and digits are digits, the random ones first: the token's digits
+        # are ``digits`` and the kept tail's. Change the last random digit so that the
+        # Luhn check fails.
+        tail = value[shape.last_random + 1 :].encode().translate(None, _NOT_DIGITS).decode()
+        if luhn_valid(digits + tail):
+            digits = f"{digits[:-1]}{(int(digits[-1]) + 1) % 10}"
+    texts = [digits, "", ""]
+    for a, n, letters in ((1, nl, _LOWER), (2, nu, _UPPER)):
+        if n:
+            chars = []
+            for _ in range(n):
+                x, r = divmod(x, 26)
+                chars.append(letters[r])
+            texts[a] = "".join(chars)
+    parts = []
+    prev = 0
+    for s, e, a, off in shape.runs:
+        parts.append(value[prev:s])
+        parts.append(texts[a][off : off + e - s])
+        prev = e
+    parts.append(value[prev:])
+    return "".join(parts)
+
+
+def _hmac_states(key: bytes, prefix: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA-256 (RFC 2104) under ``key`` split into its two hash states, the inner one
+    having absorbed ``prefix``: copying them costs less than a new ``hmac`` object per
+    message, and ``inner + message`` then ``outer + inner digest`` is the same HMAC."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\x00")
+    inner = hashlib.sha256(key.translate(_IPAD))
+    inner.update(prefix)
+    return inner, hashlib.sha256(key.translate(_OPAD))
+
+
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+def _default_scanner() -> Scanner:
+    from trustzones.dlp.scanner import default_scanner
+
+    return default_scanner()
+
+
+class _NewValue(NamedTuple):
+    """A value that needs a new token, and how to make it (a named tuple: cheap to make)."""
+
+    value: str
+    domain: str
+    fp: bytes
+    format: TokenFormat
+    prefix: str
+    keep_last: int
+    scanner: Scanner | None
+
+    def __repr__(self) -> str:  # never the value
+        return f"_NewValue(domain={self.domain!r}, format={self.format!r})"
+
+
+#: A provisional token: (domain, token).
+ProvisionalToken = tuple[str, str]
+
+
+class ProvisionalTokens:
+    """The caller's handle on a :meth:`TokenVault.provisional_batch`."""
+
+    def __init__(self, vault: TokenVault) -> None:
+        self._vault = vault
+
+    def take(self) -> tuple[ProvisionalToken, ...]:
+        """The provisional tokens handed out since the last call (repeats included)."""
+        v = self._vault
+        with v._lock:
+            taken = tuple(v._taken)
+            v._taken.clear()
+            return taken
+
+    def settle(self, confirmed: Collection[ProvisionalToken]) -> frozenset[ProvisionalToken]:
+        """Check (unless ``confirmed``) and store every provisional token; return those that
+        were replaced (see :meth:`TokenVault.provisional_batch`). Raises
+        :class:`~trustzones.errors.TransformError` when they cannot be stored."""
+        v = self._vault
+        with v._lock:
+            if v._provisional is None:
+                raise TransformError("this provisional token batch has ended")
+            return frozenset(v._settle(confirmed))
 
 
 class TokenVault:
@@ -223,13 +460,24 @@ class TokenVault:
         self._lock = threading.RLock()
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
-        self._hmacs: dict[bytes, Any] = {}
+        #: Per (index key, domain): the HMAC's inner and outer hash states (RFC 2104).
+        self._hmacs: dict[tuple[bytes, str], tuple[Any, Any]] = {}
         self._batch_depth = 0
         self._in_tx = False
         #: Tokens inserted by the open batch transaction, not yet committed.
         self._pending: dict[tuple[str, bytes], str] = {}
         #: Why the open batch can no longer commit (its tokens may be lost).
         self._batch_error: str | None = None
+        #: In a provisional batch: its unsettled tokens, by (domain, token), and those
+        #: handed out since the caller last took them. None outside one.
+        self._provisional: dict[tuple[str, str], _NewValue] | None = None
+        self._taken: list[tuple[str, str]] = []
+        #: Provisional batches: whether to look a value up before issuing a provisional
+        #: token, from how many values turned out to have one (decaying average), and how
+        #: many lookups in this batch found one.
+        self._lookup_first = False
+        self._existing_rate = 0.0
+        self._looked_up = 0
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -276,15 +524,16 @@ class TokenVault:
         ).digest()
 
     def _fingerprint(self, value: str, domain: str, index_key: bytes) -> bytes:
-        """:meth:`fingerprint`, with the keyed HMAC state computed once per key."""
-        base = self._hmacs.get(index_key)
-        if base is None:
-            base = hmac.new(index_key, digestmod=hashlib.sha256)
+        """:meth:`fingerprint`, with the keyed states computed once per (key, domain)."""
+        states = self._hmacs.get((index_key, domain))
+        if states is None:
+            states = _hmac_states(index_key, domain.encode() + b"\x00")
             if len(self._hmacs) < 64:
-                self._hmacs[index_key] = base
-        h = base.copy()
-        h.update(domain.encode() + b"\x00" + value.encode())
-        return bytes(h.digest())
+                self._hmacs[(index_key, domain)] = states
+        inner, outer = states[0].copy(), states[1].copy()
+        inner.update(value.encode())
+        outer.update(inner.digest())
+        return bytes(outer.digest())
 
     def _remember(self, ck: tuple[str, bytes], token: str) -> None:
         if self._cache_size <= 0:
@@ -318,8 +567,58 @@ class TokenVault:
                 if self._batch_depth == 0:
                     self._end_batch(commit=ok)
 
+    @contextmanager
+    def provisional_batch(self) -> Iterator[ProvisionalTokens]:
+        """A :meth:`batch` whose new tokens are provisional until it is settled.
+
+        For a caller that scans what it writes anyway (a flow scans its whole output): a new
+        format-preserving token is handed out *before* it is checked for detectable patterns,
+        and no new token is stored until :meth:`ProvisionalTokens.settle`. While most values
+        turn out to be new, a value missing from the cache is not even looked up in the
+        file first. The caller
+
+        1. takes, after each record, the provisional tokens that record received
+           (:meth:`ProvisionalTokens.take`);
+        2. scans its records with the same scanner the tokens would be checked with;
+        3. settles, naming the tokens found in records whose scan found nothing: those count
+           as checked (the scanner saw them in the field they are written to; only that field's
+           context differs from a check of the token alone); every other one is checked now;
+           all are stored with one statement. A token that fails its check, whose value has a
+           token already (issued meanwhile by another process, or not looked up), or that
+           another value holds already, is replaced (by the value's stored token, or a new,
+           checked, stored one), and ``settle`` returns the replaced tokens: the caller
+           transforms the records that received them again (they now get the replacements)
+           and scans them again.
+
+        The file's write lock is taken when settling and held until the block ends. When the
+        block ends, tokens not yet settled are settled with nothing confirmed; if one of them
+        had to be replaced, the batch fails closed (records carrying it may exist) and
+        nothing is committed. Must be the outermost batch; plain batches may nest inside it.
+        """
+        with self._lock:
+            if self._batch_depth:
+                raise TransformError(
+                    "a provisional token batch must be the outermost batch of its vault"
+                )
+            self._provisional = {}
+            self._taken = []
+            self._looked_up = 0
+            try:
+                with self.batch():
+                    yield ProvisionalTokens(self)
+            finally:
+                self._provisional = None
+                self._taken = []
+
     def _end_batch(self, *, commit: bool) -> None:
-        error, self._batch_error = self._batch_error, None
+        error = None
+        if commit and self._provisional and self._batch_error is None:
+            try:
+                if self._settle(()):
+                    error = "a token already handed out failed its check"
+            except TransformError:
+                pass  # the reason is in _batch_error
+        error, self._batch_error = self._batch_error or error, None
         pending, self._pending = self._pending, {}
         in_tx, self._in_tx = self._in_tx, False
         if in_tx:
@@ -372,20 +671,26 @@ class TokenVault:
             if self._batch_depth:
                 token = self._pending.get(ck)
                 if token is not None:
+                    if self._provisional and (domain, token) in self._provisional:
+                        self._taken.append((domain, token))
                     return token
+                if self._provisional is not None and not self._lookup_first:
+                    # Mostly new values lately: settling finds the few that exist.
+                    new = _NewValue(value, domain, fp, format, prefix, keep_last, scanner)
+                    return self._tokenize_in_batch(new)
             row = self._db.execute(
                 "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, fp)
             ).fetchone()
             if row is not None:
                 token = str(row[0])
                 self._remember(ck, token)
+                self._looked_up += 1
                 return token
+            new = _NewValue(value, domain, fp, format, prefix, keep_last, scanner)
             if self._batch_depth:
-                return self._tokenize_in_batch(
-                    value, domain, fp, ck, format, prefix, keep_last, scanner
-                )
+                return self._tokenize_in_batch(new)
             for _ in range(_MAX_TRIES):
-                token = self._new_token(value, domain, format, prefix, keep_last, scanner)
+                token = self._new_token(new, check=True)
                 sealed = self._cipher.seal(value.encode(), _aad(domain, token))
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -410,44 +715,35 @@ class TokenVault:
                     return token
         raise self._no_free_token(domain)
 
-    def _tokenize_in_batch(
-        self,
-        value: str,
-        domain: str,
-        fp: bytes,
-        ck: tuple[str, bytes],
-        format: TokenFormat,
-        prefix: str,
-        keep_last: int,
-        scanner: Scanner | None,
-    ) -> str:
+    def _tokenize_in_batch(self, new: _NewValue) -> str:
         """A new token inside the batch transaction (called with the lock held)."""
+        domain = new.domain
+        ck = (domain, new.fp)
         if self._batch_error is not None:
             raise TransformError(f"domain {domain!r}: the token vault batch has failed")
         try:
+            provisional = self._provisional
+            if provisional is not None:
+                # Not checked, not looked up or stored yet: see provisional_batch.
+                token = self._new_token(new, check=False)
+                while (domain, token) in provisional:  # unique within the batch
+                    token = self._new_token(new, check=False)
+                provisional[(domain, token)] = new
+                self._pending[ck] = token
+                self._taken.append((domain, token))
+                return token
             if not self._in_tx:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._in_tx = True
                 # Holding the write lock now: another process may have added it meanwhile.
                 row = self._db.execute(
-                    "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, fp)
+                    "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, new.fp)
                 ).fetchone()
                 if row is not None:
                     token = str(row[0])
                     self._remember(ck, token)
                     return token
-            for _ in range(_MAX_TRIES):
-                token = self._new_token(value, domain, format, prefix, keep_last, scanner)
-                sealed = self._cipher.seal(value.encode(), _aad(domain, token))
-                # No other writer while we hold the write lock, and this fingerprint is not
-                # stored: only a clash of random tokens can make the insert a no-op.
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO tokens VALUES (?, ?, ?, ?, ?)",
-                    (domain, token, fp, sealed, time.time()),
-                )
-                if cur.rowcount == 1:
-                    self._pending[ck] = token
-                    return token
+            token = self._store_checked(new)
         except sqlite3.Error as exc:
             # The transaction may be gone with the tokens already handed out in it.
             self._batch_error = f"{type(exc).__name__} while storing a token"
@@ -455,23 +751,105 @@ class TokenVault:
                 f"domain {domain!r}: the token vault could not store a new token "
                 f"({type(exc).__name__})"
             ) from None
-        raise self._no_free_token(domain)
+        self._pending[ck] = token
+        return token
 
-    def _new_token(
-        self,
-        value: str,
-        domain: str,
-        format: TokenFormat,
-        prefix: str,
-        keep_last: int,
-        scanner: Scanner | None,
-    ) -> str:
-        if format == "preserve":
+    def _store_checked(self, new: _NewValue) -> str:
+        """A new, checked token for ``new``, inserted in the open batch transaction."""
+        for _ in range(_MAX_TRIES):
+            token = self._new_token(new, check=True)
+            sealed = self._cipher.seal(new.value.encode(), _aad(new.domain, token))
+            # No other writer while we hold the write lock, and this fingerprint is not
+            # stored: only a clash of random tokens can make the insert a no-op.
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO tokens VALUES (?, ?, ?, ?, ?)",
+                (new.domain, token, new.fp, sealed, time.time()),
+            )
+            if cur.rowcount == 1:
+                return token
+        raise self._no_free_token(new.domain)
+
+    def _settle(self, confirmed: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Check and store the provisional tokens (see :meth:`provisional_batch`); the
+        replaced ones. Called with the lock held; takes the file's write lock (held until
+        the batch ends)."""
+        provisional = self._provisional
+        if not provisional:
+            return set()
+        self._provisional = {}
+        self._taken = []
+        if self._batch_error is not None:
+            raise TransformError("the token vault batch has failed")
+        replaced: set[tuple[str, str]] = set()
+        rows = []
+        now = time.time()
+        seal = self._cipher.seal
+        for key, new in provisional.items():
+            domain, token = key
+            if new.format == "preserve" and key not in confirmed:
+                scanner = new.scanner if new.scanner is not None else _default_scanner()
+                if scanner.detects(token):
+                    replaced.add(key)
+                    continue
+            rows.append((domain, token, new.fp, seal(new.value.encode(), _aad(domain, token)), now))
+        existing = 0
+        try:
+            if not self._in_tx:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._in_tx = True
+            # 1. Store them all. A row is ignored when its value has a token already (issued
+            #    by another batch or process since, or never looked up) or when its random
+            #    token is another value's (a clash): both are found and replaced below.
+            stored = self._db.executemany(
+                "INSERT OR IGNORE INTO tokens VALUES (?, ?, ?, ?, ?)", rows
+            ).rowcount
+            if stored != len(rows):
+                for domain, token, fp, _sealed, _at in rows:
+                    row = self._db.execute(
+                        "SELECT fingerprint FROM tokens WHERE domain=? AND token=?",
+                        (domain, token),
+                    ).fetchone()
+                    if row is None or bytes(row[0]) != fp:
+                        replaced.add((domain, token))
+            # 2. Replace: by the value's existing token, or a new checked, stored one.
+            for key in replaced:
+                new = provisional[key]
+                row = self._db.execute(
+                    "SELECT token FROM tokens WHERE domain=? AND fingerprint=?",
+                    (new.domain, new.fp),
+                ).fetchone()
+                if row is not None:
+                    existing += 1
+                    self._pending[(new.domain, new.fp)] = str(row[0])
+                else:
+                    self._pending[(new.domain, new.fp)] = self._store_checked(new)
+        except sqlite3.Error as exc:
+            self._batch_error = f"{type(exc).__name__} while storing tokens"
+            raise TransformError(
+                f"the token vault could not store new tokens ({type(exc).__name__})"
+            ) from None
+        except TransformError:
+            self._batch_error = "no free token for a replacement"
+            raise
+        # 3. Look values up before issuing provisional tokens only while many turn out to
+        #    exist (a cold cache after a restart): a lookup costs less than transforming a
+        #    record again, but more than nothing when values are new.
+        seen = len(provisional) + self._looked_up
+        rate = (existing + self._looked_up) / seen
+        self._existing_rate = 0.5 * self._existing_rate + 0.5 * rate
+        self._lookup_first = self._existing_rate > _LOOKUP_FIRST_ABOVE
+        self._looked_up = 0
+        return replaced
+
+    def _new_token(self, new: _NewValue, *, check: bool) -> str:
+        if new.format == "preserve":
             try:
-                return _preserving_token(value, keep_last, scanner)
+                if not check:
+                    return _one_preserving_token(new.value, new.keep_last)
+                return _preserving_token(new.value, new.keep_last, new.scanner)
             except ValueError as exc:
-                raise TransformError(f"domain {domain!r}: {exc}") from None
-        return _random_token(prefix)
+                raise TransformError(f"domain {new.domain!r}: {exc}") from None
+        return _random_token(new.prefix)
 
     @staticmethod
     def _no_free_token(domain: str) -> TransformError:
@@ -483,6 +861,8 @@ class TokenVault:
     def detokenize(self, token: str, *, domain: str) -> str:
         """The real value behind ``token``. Callers check the principal's grant first."""
         with self._lock:
+            if self._provisional and (domain, token) in self._provisional:
+                return self._provisional[(domain, token)].value
             row = self._db.execute(
                 "SELECT sealed FROM tokens WHERE domain=? AND token=?", (domain, token)
             ).fetchone()

@@ -16,8 +16,9 @@ Example::
         stats = runner.run(once=True)
 
 Ordering and threading: one runner per process and flow; a runner processes partitions
-round-robin and commits per batch (see :mod:`trustzones.flows._runner` for the
-exactly-once protocol).
+round-robin and commits per batch, in source order (see :mod:`trustzones.flows._runner` for
+the exactly-once protocol). ``run`` writes each batch from one writer thread of its own while
+it decides the next; a runner is not meant to be shared between threads.
 """
 
 from trustzones.flows._approvals import ApprovalRequest, Approvals

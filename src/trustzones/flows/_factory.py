@@ -72,9 +72,8 @@ def open_flow(ws: Workspace, name: str) -> FlowRunner:
     source_zone = c.topics[spec.source].zone
     ring = ws.keys.ring(source_zone)
     scanner = Scanner(min_confidence=spec.dlp.min_confidence)
-    transformer = Transformer(
-        keys=_ZoneSecrets(ring, source_zone), vault=_vault(ws, source_zone), scanner=scanner
-    )
+    vault = _vault(ws, source_zone)
+    transformer = Transformer(keys=_ZoneSecrets(ring, source_zone), vault=vault, scanner=scanner)
     wm = None
     if spec.watermark.enabled:
         hashed = [p for p, t in spec.transforms.items() if isinstance(parse_transform(t), HashSpec)]
@@ -91,6 +90,7 @@ def open_flow(ws: Workspace, name: str) -> FlowRunner:
         watermarker=wm,
         redactor=redactor,
         on_event=ws.emit,
+        vault=vault,
     )
 
 

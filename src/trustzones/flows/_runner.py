@@ -1,4 +1,4 @@
-"""The flow runtime: consume → sanitise → enforce → scan → watermark → produce.
+"""The flow runtime: consume → sanitise → watermark → enforce → scan → produce.
 
 A flow is the only way data moves down. It runs as its service principal with source-zone
 rights and, per batch:
@@ -6,46 +6,82 @@ rights and, per batch:
 1. reads records from the source topic, starting at the position stored **in the
    destination zone** (so the position and the output commit together);
 2. decides each record: decode, apply the field transforms, keep only what the destination
-   schema declares (when ``drop_unlisted``), validate against the destination schema, refuse
-   any field classified above the destination zone, DLP-scan the whole output and apply the
-   flow's DLP action (``quarantine`` / ``redact`` / ``block``), watermark, add lineage headers;
-3. writes the refused records to the flow's quarantine topic in the **source** zone, in one
+   schema declares (when ``drop_unlisted``), watermark, validate against the destination
+   schema, refuse any field classified above the destination zone, DLP-scan the whole output
+   (exactly the bytes that will be written) and apply the flow's DLP action (``quarantine`` /
+   ``redact`` / ``block``), add lineage headers; the batch's new vault tokens are committed
+   before anything that carries them is written (see :meth:`FlowRunner.decide_many`);
+3. appends one ``flow_transfer`` audit event per record read, when the source zone audits
+   per message (before anything takes effect: a failure to audit stops the batch);
+4. writes the refused records to the flow's quarantine topic in the **source** zone, in one
    source transaction that also records how far quarantining has got;
-4. writes the delivered records to the destination, in one destination transaction that also
+5. writes the delivered records to the destination, in one destination transaction that also
    stores the new source position.
 
 Exactly-once: the two zones are separate files (or clusters), so no transaction spans both.
-Step 3 commits before step 4. After a crash between them, the batch is read again from the
+Step 4 commits before step 5. After a crash between them, the batch is read again from the
 destination position; records below the quarantine position are not quarantined twice, and
-the deliverable ones are written now (decisions are deterministic for one flow definition).
+the deliverable ones are written now (decisions are deterministic for one flow definition:
+a value's vault token, once committed, never changes).
 Every source record therefore ends up exactly once in the destination or the quarantine.
+
+Between batches a runner carries its positions, its zones' backends and a reader that goes on
+from those positions (on Kafka a consumer that prefetches while a batch is processed); any
+failure drops them, and the next batch starts again from the stored positions.
+
+:meth:`FlowRunner.step` does one batch, steps 1-5. :meth:`FlowRunner.run` overlaps two: a
+writer thread does steps 3-5 of batch ``n`` while the calling thread does steps 1-2 of batch
+``n + 1``. Batches are still written one at a time, in source order, steps 3-5 in order, and
+each zone's backend is used by one thread at a time, so the protocol above is unchanged.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Literal, cast
 
 import orjson
 
+from trustzones.audit.events import AuditEvent, flow_transfer
 from trustzones.config.model import FlowSpec
 from trustzones.config.schema import SchemaField
 from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
+from trustzones.dlp.vault import ProvisionalToken, TokenVault
 from trustzones.errors import FlowError, RecordRejected, TransformError
 from trustzones.flows._paths import keep_only, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
-from trustzones.streams import NewRecord, Record
+from trustzones.streams import Backend, NewRecord, Record
+from trustzones.streams.base import Consumer
 from trustzones.zone import Workspace
 from trustzones.zone._ingress import MAX_DEPTH
 
 __all__ = ["FlowBlocked", "FlowRunner", "FlowStats", "Outcome", "quarantine_topic"]
 
 
+#: How often a batch re-transforms records whose provisional tokens were replaced before it
+#: lets the vault's batch end decide (fail closed). One round is the rule: replacements are
+#: checked tokens, so a second round only follows a replacement the record's scan flags.
+_SETTLE_ROUNDS = 3
+#: The longest thread switch interval while :meth:`FlowRunner.run` runs, in seconds.
+_SWITCH_INTERVAL = 0.001
+
+
 class FlowBlocked(FlowError):
     """The flow's DLP action is ``block`` and a record tripped it; the flow has stopped."""
+
+
+def _close(reader: Consumer) -> None:
+    """Release a reader's connection (a Kafka consumer has one; the generic one has none)."""
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
 
 
 def quarantine_topic(flow: FlowSpec) -> str:
@@ -61,7 +97,7 @@ def position_key(zone: str, topic: str) -> str:
     return f"{zone}.{topic}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     kind: Literal["deliver", "quarantine"]
     value: bytes = b""
@@ -88,9 +124,25 @@ class FlowStats:
         self.lag = other.lag
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A decided batch, ready to be written (steps 3-5 of the module doc)."""
+
+    stats: FlowStats
+    events: list[AuditEvent]
+    quarantined: list[NewRecord]
+    delivered: list[NewRecord]
+    #: The source position once written, and the quarantine position.
+    positions: dict[int, int]
+    quarantine_positions: dict[int, int]
+    #: The record that blocked the flow (the batch ends with it).
+    blocked: Record | None
+
+
 class FlowRunner:
     """Runs one flow. ``transformer`` applies the field transforms (bound to the source
-    zone's keys and token vault); :func:`trustzones.flows.open_flow` builds a ready one.
+    zone's keys and token vault ``vault``); :func:`trustzones.flows.open_flow` builds a
+    ready one. Without ``vault`` every new token is checked on its own when it is made.
 
     Scale-out: set ``partitions`` to a fixed subset of the source partitions before running,
     and run one process per disjoint subset (for example instance ``i`` of ``n`` takes
@@ -100,6 +152,8 @@ class FlowRunner:
 
     partitions: tuple[int, ...] | None = None
     _cursor: tuple[dict[int, int], dict[int, int]] | None = None  # (position, quarantine position)
+    _reader: Consumer | None = None  # reads on from the position of ``_cursor``
+    _zones: tuple[Backend, Backend] | None = None  # (source, destination) while carried
 
     def __init__(
         self,
@@ -111,6 +165,7 @@ class FlowRunner:
         watermarker: Watermarker | None = None,
         redactor: Callable[[Any, list[Finding]], Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        vault: TokenVault | None = None,
     ) -> None:
         c = ws.config
         if flow not in c.flows:
@@ -128,6 +183,7 @@ class FlowRunner:
         self.position_key = position_key(self.source_zone, self.source_topic)
         self.policy = c.policy_version
         self._transformer = transformer
+        self._vault = vault
         self._plan = TransformPlan.compile(self.spec.transforms)
         self._transformed = tuple(self.spec.transforms)
         self._scanner = scanner
@@ -143,6 +199,14 @@ class FlowRunner:
         self._levels = {name: i for i, name in enumerate(c.classifications)}
         self._src_default = c.zone_of(self.source_topic).classification
         self._dst_default = c.zone_of(self.dest_topic).classification
+        self._drop_unlisted = self.spec.drop_unlisted
+        self._audit_each = c.zones[self.source_zone].controls.audit_level == "per-message"
+        # The lineage headers that do not change from record to record, encoded once.
+        self._lineage_head = (
+            ("tz.source.zone", self.source_zone.encode()),
+            ("tz.source.topic", self.source_topic.encode()),
+        )
+        self._lineage_tail = (("tz.flow", flow.encode()), ("tz.policy", self.policy.encode()))
 
     # -- setup ----------------------------------------------------------------------------
     def _allowed_paths(self) -> set[str]:
@@ -181,7 +245,8 @@ class FlowRunner:
 
     def lag(self) -> int:
         ends = self.ws.backend(self.source_zone).end_offsets(self.source_topic)
-        pos = self.positions()
+        # The positions this runner carries are the stored ones (it stored them last).
+        pos = self._cursor[0] if self._cursor is not None else self.positions()
         return sum(max(0, ends.get(p, 0) - o) for p, o in pos.items())
 
     # -- one record -----------------------------------------------------------------------
@@ -207,84 +272,132 @@ class FlowRunner:
             cache[spath] = problem
         return problem
 
-    def _prepare(self, value: bytes) -> Outcome | Any:
-        """Decode, transform and enforce the destination; an Outcome when refused."""
+    def _prepare(self, value: bytes) -> Outcome | tuple[Any, bytes]:
+        """Decode, transform, watermark and enforce the destination: the output and its
+        bytes, or an Outcome when refused.
+
+        The watermark goes on before the checks and the scan, so they see exactly the bytes
+        that will be written (it only rewrites the tail of hex values, keeping their length).
+        """
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError:
             return Outcome("quarantine", reason="source record is not valid JSON")
-        if not isinstance(doc, dict):
+        if type(doc) is not dict:
             return Outcome("quarantine", reason="source record is not a JSON object")
         try:
             out = self._transformer.apply_record(doc, self._plan)
         except TransformError as exc:
             return Outcome("quarantine", reason=f"transform failed: {exc}")
-        if self.spec.drop_unlisted:
+        if self._drop_unlisted:
             out = keep_only(out, self._allowed)
+        if self._watermarker is not None:
+            self._watermarker.mark(out)
+        body = orjson.dumps(out)
         # Destination enforcement (invariant 3, at run time). The usual case in one walk:
         # every leaf allowed, size, depth and schema as the destination's validator decides
-        # them, without decoding the output again; any doubt takes the full path below,
-        # which alone says why a record is refused.
+        # them; any doubt takes the full path below, which alone says why a record is refused.
         if leaves_ok(out, self._path_problem, MAX_DEPTH) and self._dest_validator.accepts(
-            out, len(orjson.dumps(out))
+            out, len(body)
         ):
-            return out
+            return out, body
         for spath, cpath in leaves(out):
             problem = self._path_problem(spath)
             if problem is not None:
                 return Outcome("quarantine", reason=f"field {cpath} {problem}")
         try:
-            self._dest_validator.check(orjson.dumps(out))
+            self._dest_validator.check(body)
         except RecordRejected as rej:
             where = f" at {rej.path}" if rej.path else ""
             return Outcome(
                 "quarantine", reason=f"output breaks the destination schema{where}: {rej.reason}"
             )
-        return out
+        return out, body
 
-    def _finish(self, out: Any, scanned: list[Finding]) -> Outcome:
+    def _finish(self, out: Any, body: bytes, scanned: list[Finding]) -> Outcome:
+        dlp = self.spec.dlp
         findings = [
             f
             for f in scanned
-            if f.confidence >= self.spec.dlp.min_confidence
-            and f.type not in self.spec.dlp.allow_types
+            if f.confidence >= dlp.min_confidence and f.type not in dlp.allow_types
         ]
-        redacted = 0
-        if findings:
-            summary = [{"type": f.type, "path": f.path} for f in findings]
-            if self.spec.dlp.action == "redact" and self._redactor is not None:
-                out = self._redactor(out, findings)
-                redacted = len(findings)
-            else:
-                types = ", ".join(sorted({f.type for f in findings}))
-                return Outcome(
-                    "quarantine", reason=f"DLP found {types} in the output", findings=summary
-                )
-        if self._watermarker is not None:
-            self._watermarker.mark(out)
-        return Outcome("deliver", value=orjson.dumps(out), redacted=redacted)
+        if not findings:
+            return Outcome("deliver", value=body)
+        if dlp.action == "redact" and self._redactor is not None:
+            out = self._redactor(out, findings)
+            return Outcome("deliver", value=orjson.dumps(out), redacted=len(findings))
+        types = ", ".join(sorted({f.type for f in findings}))
+        return Outcome(
+            "quarantine",
+            reason=f"DLP found {types} in the output",
+            findings=[{"type": f.type, "path": f.path} for f in findings],
+        )
 
-    def decide_many(self, values: list[bytes], *, scan: bool = True) -> list[Outcome]:
+    def decide_many(self, values: Sequence[bytes], *, scan: bool = True) -> list[Outcome]:
         """What happens to each source record. No I/O but the token vault.
 
         The DLP scan runs once over the whole batch (one pass of the compiled engine).
         ``scan=False`` skips only the DLP scan (a release a human approved); the destination
         schema and classification checks always apply.
+
+        The new tokens of the batch are stored in one vault transaction, committed here,
+        before any record that carries one can be written (steps 4 and 5 come after this).
+        When scanning, they are provisional (see :meth:`TokenVault.provisional_batch`): the
+        scan of the output checks them where they are written, instead of a scan of each
+        token on its own first; a token in a record that has findings is checked alone, and
+        the records that received a replaced token are transformed and scanned again.
         """
-        # One vault transaction for the new tokens of the whole batch, committed here,
-        # before any record that carries one can be written (step 4 comes after this).
-        with self._transformer.batch():
-            prepared = [self._prepare(v) for v in values]
-        pending = [i for i, p in enumerate(prepared) if not isinstance(p, Outcome)]
-        scans = (
-            self._scanner.scan_records([prepared[i] for i in pending])
-            if scan and pending
-            else [[] for _ in pending]
-        )
+        prepare = self._prepare
+        vault = self._vault
+        if vault is None or not scan:
+            with self._transformer.batch():
+                prepared = [prepare(v) for v in values]
+            return self._outcomes(prepared, self._scan(prepared) if scan else None)
+        with vault.provisional_batch() as tokens, self._transformer.batch():
+            take = tokens.take
+            prepared = []
+            carried: list[tuple[ProvisionalToken, ...]] = []
+            for v in values:
+                prepared.append(prepare(v))
+                carried.append(take())
+            found = self._scan(prepared)
+            redo: Sequence[int] = range(len(values))
+            for _ in range(_SETTLE_ROUNDS):
+                confirmed = {t for i in redo if carried[i] and found[i] == [] for t in carried[i]}
+                replaced = tokens.settle(confirmed)
+                if not replaced:
+                    break
+                redo = [i for i, c in enumerate(carried) if c and not replaced.isdisjoint(c)]
+                for i in redo:
+                    prepared[i] = prepare(values[i])
+                    carried[i] = take()
+                again = self._scan([prepared[i] for i in redo])
+                for i, f in zip(redo, again, strict=True):
+                    found[i] = f
+            # Leaving the block settles whatever is left, and fails closed if a token
+            # already in a record had to be replaced.
+        return self._outcomes(prepared, found)
+
+    def _scan(self, prepared: list[Outcome | tuple[Any, bytes]]) -> list[list[Finding] | None]:
+        """The scanner's findings for each prepared output (None for a refused record)."""
+        ready = [p[0] for p in prepared if type(p) is tuple]
+        scans = iter(self._scanner.scan_records(ready) if ready else ())
+        return [next(scans) if type(p) is tuple else None for p in prepared]
+
+    def _outcomes(
+        self,
+        prepared: list[Outcome | tuple[Any, bytes]],
+        found: list[list[Finding] | None] | None,
+    ) -> list[Outcome]:
+        finish = self._finish
         outcomes: list[Outcome] = []
-        found = dict(zip(pending, scans, strict=True))
         for i, p in enumerate(prepared):
-            outcomes.append(p if isinstance(p, Outcome) else self._finish(p, found[i]))
+            if type(p) is not tuple:
+                outcomes.append(cast(Outcome, p))
+                continue
+            f = found[i] if found is not None else None
+            # No findings (the usual case): deliver the bytes already made.
+            outcomes.append(finish(p[0], p[1], f) if f else Outcome("deliver", p[1]))
         return outcomes
 
     def decide(self, value: bytes, *, scan: bool = True) -> Outcome:
@@ -294,15 +407,36 @@ class FlowRunner:
     # -- a batch --------------------------------------------------------------------------
     def step(self, max_records: int = 500) -> FlowStats:
         """Process up to ``max_records``; returns what happened. Raises FlowBlocked."""
+        src, dst, reader, pos, qpos = self._begin()
+        try:
+            records = reader.poll(max_records)
+            if not records:
+                self._cursor = (pos, qpos)
+                stats = FlowStats()
+            else:
+                b = self._decide_batch(records, pos, qpos)
+                self._write_batch(b, src, dst)
+                stats = self._written(b)
+        except BaseException:
+            self._drop(reader)
+            raise
+        self._reader, self._zones = reader, (src, dst)
+        return stats
+
+    def _begin(self) -> tuple[Backend, Backend, Consumer, dict[int, int], dict[int, int]]:
+        """Check the flow's rights, then take what the runner carries (see the module doc):
+        (source, destination, reader, position, quarantine position)."""
         self.ws.authorize(self.spec.principal, "read", self.source_topic)
         self.ws.authorize(self.spec.principal, "write", self.dest_topic)
-        src = self.ws.backend(self.source_zone)
-        dst = self.dest_backend()
-        # The stored positions are read once per runner, then carried forward from its own
-        # commits (a remote offset store costs round trips per read); any failure drops them.
-        cursor = self._cursor
-        self._cursor = None
+        cursor, reader, zones = self._cursor, self._reader, self._zones
+        self._cursor = self._reader = self._zones = None
+        if cursor is None or zones is None:
+            zones = (self.ws.backend(self.source_zone), self.dest_backend())
+        src, dst = zones
         if cursor is None:
+            if reader is not None:
+                _close(reader)
+                reader = None
             # Fence a crashed predecessor first: starting our transactional ids aborts its open
             # transactions, whose pending offsets would otherwise hold the reads below back
             # (Kafka answers UNSTABLE_OFFSET_COMMIT until they time out). Empty elsewhere.
@@ -312,51 +446,81 @@ class FlowRunner:
                 pass
             cursor = (self.positions(), src.committed_offsets(self.qgroup, self.source_topic))
         pos, qpos = cursor
-        records: list[Record] = []
-        for p, at in pos.items():
-            if len(records) >= max_records:
-                break
-            records += src.fetch(self.source_topic, p, at, max_records=max_records - len(records))
+        if reader is None:
+            reader = src.consumer(self.source_topic, start="earliest", partitions=tuple(pos))
+            reader.start_at(pos)
+        return src, dst, reader, pos, qpos
+
+    def _drop(self, reader: Consumer | None) -> None:
+        """Forget what the runner carries: the next batch starts from the stored positions."""
+        self._cursor = self._reader = self._zones = None
+        if reader is not None:
+            _close(reader)
+
+    def _decide_batch(
+        self, records: list[Record], pos: dict[int, int], qpos: dict[int, int]
+    ) -> _Batch:
+        """Steps 2 and the making of 3-5: the outcomes, the records to write, the events."""
         stats = FlowStats()
-        if not records:
-            stats.lag = 0
-            self._cursor = cursor
-            return stats
         delivered: list[NewRecord] = []
         quarantined: list[NewRecord] = []
         new_pos = dict(pos)
         blocked: Record | None = None
         done: list[tuple[Record, Outcome]] = []
+        head, tail = self._lineage_head, self._lineage_tail
+        block = self.spec.dlp.action == "block"
         for r, o in zip(records, self.decide_many([r.value for r in records]), strict=True):
             done.append((r, o))
             new_pos[r.partition] = r.offset + 1
-            stats.read += 1
             if o.kind == "deliver":
-                delivered.append(NewRecord(value=o.value, key=r.key, headers=self._lineage(r)))
+                lineage = (
+                    *head,
+                    ("tz.source.partition", str(r.partition).encode()),
+                    ("tz.source.offset", str(r.offset).encode()),
+                    *tail,
+                )
+                delivered.append(NewRecord(o.value, r.key, lineage))
                 stats.redacted += o.redacted
                 continue
             stats.quarantined += 1
             if r.offset >= qpos.get(r.partition, 0):
                 quarantined.append(self._quarantine_record(r, o))
-            if o.findings and self.spec.dlp.action == "block":
+            if block and o.findings:
                 blocked = r
                 break
-        # Audit before anything takes effect (a failure to record stops the batch).
-        self._audit_transfers(done)
-        # Step 3: quarantine (source zone) first, with its progress.
-        if quarantined:
-            with src.transaction(f"{self._txn_id()}.quarantine") as tx:
-                tx.produce(self.quarantine_topic, quarantined)
-                tx.store_offsets(self.qgroup, self.source_topic, new_pos)
-            qpos = {**qpos, **new_pos}
-        # Step 4: output and source position together (destination zone).
-        with dst.transaction(self._txn_id()) as tx:
-            if delivered:
-                tx.produce(self.dest_topic, delivered)
-            tx.store_offsets(self.group, self.position_key, new_pos)
-        self._cursor = (new_pos, qpos)
+        stats.read = len(done)
         stats.delivered = len(delivered)
         stats.batches = 1
+        return _Batch(
+            stats=stats,
+            events=self._transfer_events(done),
+            quarantined=quarantined,
+            delivered=delivered,
+            positions=new_pos,
+            quarantine_positions={**qpos, **new_pos} if quarantined else qpos,
+            blocked=blocked,
+        )
+
+    def _write_batch(self, b: _Batch, src: Backend, dst: Backend) -> None:
+        """Steps 3-5, in this order; the first failure stops the rest."""
+        # Step 3: audit before anything takes effect (a failure to record stops the batch).
+        if b.events:
+            self.ws.audit.log().append_many(b.events)
+        # Step 4: quarantine (source zone) first, with its progress.
+        if b.quarantined:
+            with src.transaction(f"{self._txn_id()}.quarantine") as tx:
+                tx.produce(self.quarantine_topic, b.quarantined)
+                tx.store_offsets(self.qgroup, self.source_topic, b.positions)
+        # Step 5: output and source position together (destination zone).
+        with dst.transaction(self._txn_id()) as tx:
+            if b.delivered:
+                tx.produce(self.dest_topic, b.delivered)
+            tx.store_offsets(self.group, self.position_key, b.positions)
+
+    def _written(self, b: _Batch) -> FlowStats:
+        """Carry a written batch's positions forward; report it; stop if it blocked."""
+        self._cursor = (b.positions, b.quarantine_positions)
+        stats = b.stats
         self._emit(
             "flow.transfer",
             {
@@ -365,15 +529,17 @@ class FlowRunner:
                 "delivered": stats.delivered,
                 "quarantined": stats.quarantined,
                 "redacted": stats.redacted,
-                "positions": new_pos,
+                "positions": b.positions,
             },
         )
-        if blocked is not None:
+        if b.blocked is not None:
+            # The reader has gone past the blocked record: start again from the positions.
+            self._cursor = None
             raise FlowBlocked(
                 f"flow {self.name!r} blocked: DLP found sensitive data in the output of "
-                f"{self.source_topic} partition {blocked.partition} offset {blocked.offset}; "
-                f"the record is held in {self.quarantine_topic}. Review it with `trustzones "
-                f"quarantine list {self.name}`, fix the flow, and run it again."
+                f"{self.source_topic} partition {b.blocked.partition} offset "
+                f"{b.blocked.offset}; the record is held in {self.quarantine_topic}. Review it "
+                f"with `trustzones quarantine list {self.name}`, fix the flow, and run it again."
             )
         return stats
 
@@ -386,35 +552,104 @@ class FlowRunner:
         on_progress: Callable[[FlowStats], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> FlowStats:
-        """Drain the source (``once``) or keep following it until ``should_stop()``."""
+        """Drain the source (``once``) or keep following it until ``should_stop()``.
+
+        While it runs (both undone when it returns):
+
+        - the objects alive when it started (configuration, schemas, compiled plans, caches)
+          are left out of garbage collection (:func:`gc.freeze`, unless the process had
+          frozen objects itself): each batch allocates and frees many short-lived objects,
+          and full collections would otherwise walk all of them again and again;
+        - the interpreter's thread switch interval is at most 1 ms
+          (:func:`sys.setswitchinterval`): a thread that gives up the GIL for a system call
+          (the writer thread's SQLite or Kafka calls) waits for the busy other thread to
+          hand it back, up to a whole interval (5 ms by default) per call.
+        """
         self.prepare()
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, _SWITCH_INTERVAL))
+        try:
+            return self._run(once, batch, idle_sleep, on_progress, should_stop)
+        finally:
+            sys.setswitchinterval(interval)
+            if freeze:
+                gc.unfreeze()
+
+    def _run(
+        self,
+        once: bool,
+        batch: int,
+        idle_sleep: float,
+        on_progress: Callable[[FlowStats], None] | None,
+        should_stop: Callable[[], bool],
+    ) -> FlowStats:
+        """The batches of :meth:`run`, two at a time: while a writer thread writes batch
+        ``n`` (steps 3-5, in order), this thread decides batch ``n + 1`` (steps 1-2: no I/O
+        but the token vault). Batches are written one after the other in source order, and
+        each zone's backend is used by one thread at a time: this thread reads the next batch
+        only while the writer is idle. A failure of either stops both, and the runner starts
+        again from the stored positions (as after a crash)."""
         total = FlowStats()
-        while not should_stop():
-            s = self.step(batch)
-            total.add(s)
-            if s.read == 0:
-                total.lag = self.lag()
-                if on_progress:
-                    on_progress(total)
-                if once:
-                    break
-                time.sleep(idle_sleep)
-                continue
-            if on_progress:
-                total.lag = self.lag()
-                on_progress(total)
+        src, dst, reader, pos, qpos = self._begin()
+        held: _Batch | None = None  # decided, not yet written
+        with ThreadPoolExecutor(1, thread_name_prefix=f"tz-flow-{self.name}") as writer:
+            try:
+                checked = True  # _begin checked the flow's rights
+                while not should_stop():
+                    if not checked:
+                        self.ws.authorize(self.spec.principal, "read", self.source_topic)
+                        self.ws.authorize(self.spec.principal, "write", self.dest_topic)
+                    checked = False
+                    records = reader.poll(batch)
+                    writing = (
+                        None if held is None else writer.submit(self._write_batch, held, src, dst)
+                    )
+                    try:
+                        if records:
+                            nxt = self._decide_batch(records, pos, qpos)
+                            pos, qpos = nxt.positions, nxt.quarantine_positions
+                        else:
+                            nxt = None
+                    finally:
+                        if writing is not None:
+                            wait([writing])  # the writer is idle again from here on
+                    if writing is not None:
+                        assert held is not None
+                        writing.result()
+                        total.add(self._written(held))
+                        if on_progress:
+                            total.lag = self.lag()
+                            on_progress(total)
+                    held = nxt
+                    if held is not None and held.blocked is not None:
+                        break  # nothing after the blocked record is read
+                    if held is None and not records:
+                        total.lag = self.lag()
+                        if on_progress:
+                            on_progress(total)
+                        if once:
+                            break
+                        time.sleep(idle_sleep)
+                if held is not None:
+                    self._write_batch(held, src, dst)
+                    total.add(self._written(held))
+            except BaseException:
+                self._drop(reader)
+                raise
+        self._reader, self._zones = reader, (src, dst)
         total.lag = self.lag()
         return total
 
     # -- helpers --------------------------------------------------------------------------
     def _lineage(self, r: Record) -> tuple[tuple[str, bytes], ...]:
         return (
-            ("tz.source.zone", self.source_zone.encode()),
-            ("tz.source.topic", self.source_topic.encode()),
+            *self._lineage_head,
             ("tz.source.partition", str(r.partition).encode()),
             ("tz.source.offset", str(r.offset).encode()),
-            ("tz.flow", self.name.encode()),
-            ("tz.policy", self.policy.encode()),
+            *self._lineage_tail,
         )
 
     def _quarantine_record(self, r: Record, o: Outcome) -> NewRecord:
@@ -429,30 +664,37 @@ class FlowRunner:
             ),
         )
 
-    def _audit_transfers(self, done: list[tuple[Record, Outcome]]) -> None:
-        """Per-record transfer events where the source zone audits per message."""
-        zone = self.ws.config.zones[self.source_zone]
-        if zone.controls.audit_level != "per-message" or not done:
-            return
-        from trustzones.audit.events import flow_transfer
-
-        events = [
-            flow_transfer(
-                flow=self.name,
-                principal=self.spec.principal,
-                source_zone=self.source_zone,
-                source_topic=self.source_topic,
+    def _transfer_events(self, done: list[tuple[Record, Outcome]]) -> list[AuditEvent]:
+        """One ``flow_transfer`` event per record read, where the source zone audits per
+        message (none elsewhere); appended in one ``append_many`` call (step 3)."""
+        if not self._audit_each or not done:
+            return []
+        event = partial(
+            flow_transfer,
+            flow=self.name,
+            principal=self.spec.principal,
+            source_zone=self.source_zone,
+            source_topic=self.source_topic,
+            destination_zone=self.dest_zone,
+            destination_topic=self.dest_topic,
+        )
+        return [
+            event(
                 source_partition=r.partition,
                 source_offset=r.offset,
-                destination_zone=self.dest_zone,
-                destination_topic=self.dest_topic,
-                outcome="allow" if o.kind == "deliver" else "quarantine",
+                outcome="allow",
                 content=r.value,
-                reason=None if o.kind == "deliver" else o.reason[:200],
+            )
+            if o.kind == "deliver"
+            else event(
+                source_partition=r.partition,
+                source_offset=r.offset,
+                outcome="quarantine",
+                content=r.value,
+                reason=o.reason[:200],
             )
             for r, o in done
         ]
-        self.ws.audit.log().append_many(events)
 
     def _emit(self, action: str, data: dict[str, Any]) -> None:
         if self._on_event is not None:

@@ -33,8 +33,24 @@ __all__ = ["Attribution", "Watermarker", "identify"]
 _HEX = re.compile(r"^[0-9a-f]{12,}$")
 
 
-def _tag(key: bytes, body: str) -> str:
-    return hmac.new(key, body.encode(), hashlib.sha256).digest()[:2].hex()
+class _Tagger:
+    """The tag of a body, ``HMAC-SHA-256(key, body)[:2]`` in hex. The HMAC's inner and
+    outer hash states (RFC 2104) are computed once per key: copying them is cheaper than a
+    new ``hmac`` object per value."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def __call__(self, body: str) -> str:
+        inner = self._inner.copy()
+        inner.update(body.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:2].hex()
 
 
 class Watermarker:
@@ -43,23 +59,31 @@ class Watermarker:
     def __init__(self, key: bytes, paths: Iterable[str]) -> None:
         if len(key) < 16:
             raise ValueError("a watermark key needs at least 128 bits")
-        self._key = key
+        self._tag = _Tagger(key)
         self.paths = tuple(paths)
+        # Plain dotted paths are walked key by key; paths with ``[*]`` go through apply_at.
+        self._plain = tuple(tuple(p.split(".")) for p in self.paths if "[" not in p)
+        self._wild = tuple(p for p in self.paths if "[" in p)
 
-    def _mark_value(self, v: Any, _where: str) -> Any:
+    def _mark_value(self, v: Any, _where: str = "") -> Any:
         if isinstance(v, str) and _HEX.match(v):
             body = v[:-4]
-            return body + _tag(self._key, body)
+            return body + self._tag(body)
         return v
 
     def mark(self, doc: Any) -> None:
-        for p in self.paths:
+        for keys in self._plain:
+            node = doc
+            for k in keys[:-1]:
+                node = node.get(k) if isinstance(node, dict) else None
+            last = keys[-1]
+            if isinstance(node, dict) and last in node:
+                node[last] = self._mark_value(node[last])
+        for p in self._wild:
             apply_at(doc, p, self._mark_value)
 
     def carries(self, value: str) -> bool:
-        return bool(_HEX.match(value)) and hmac.compare_digest(
-            value[-4:], _tag(self._key, value[:-4])
-        )
+        return bool(_HEX.match(value)) and hmac.compare_digest(value[-4:], self._tag(value[:-4]))
 
 
 def _hex_strings(node: Any) -> Iterator[str]:

@@ -1,0 +1,154 @@
+"""How a flow handles a batch: provisional tokens, per-message audit, watermarks, GC."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import orjson
+from flow_helpers import all_records, approve, payment
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustzones.audit.log import AuditReader
+from trustzones.flows import Watermarker, generate_events, open_flow
+from trustzones.zone import Workspace
+
+FLOW = "payments-to-analytics"
+
+
+def _events(ws: Workspace, n: int, seed: int) -> list[bytes]:
+    events = generate_events(ws.config, "payments.transactions", n, seed=seed, leak_rate=0.2)
+    return [orjson.dumps(e) for e in events]
+
+
+def test_provisional_tokens_decide_exactly_as_checked_tokens(ws: Workspace) -> None:
+    values = _events(ws, 120, seed=5)
+    # A runner without the vault handle checks each new token on its own when it makes it.
+    checked = open_flow(ws, FLOW)
+    checked._vault = None
+    first = checked.decide_many(values)
+    # A fresh runner (empty token cache) whose provisional tokens all turn out to exist:
+    # every record is transformed again with the stored tokens, so the bytes are the same.
+    again = open_flow(ws, FLOW).decide_many(values)
+    assert [(o.kind, o.reason, o.value) for o in again] == [
+        (o.kind, o.reason, o.value) for o in first
+    ]
+    assert {o.kind for o in first} == {"deliver", "quarantine"}
+    # And the other way round: provisional tokens first, checked runner after.
+    more = _events(ws, 120, seed=6)
+    provisional = open_flow(ws, FLOW).decide_many(more)
+    checked = open_flow(ws, FLOW)
+    checked._vault = None
+    assert [(o.kind, o.reason, o.value) for o in checked.decide_many(more)] == [
+        (o.kind, o.reason, o.value) for o in provisional
+    ]
+
+
+def test_a_fresh_runner_delivers_the_tokens_already_issued(ws: Workspace) -> None:
+    approve(ws)
+    card = "4716 2210 9735 5563"
+    values = [payment(i, card={"number": card, "brand": "visa"}) for i in range(6)]
+    ws.produce("payments.transactions", values[:3], principal="payments-service")
+    open_flow(ws, FLOW).run(once=True)
+    ws.produce("payments.transactions", values[3:], principal="payments-service")
+    open_flow(ws, FLOW).run(once=True)
+    out = [orjson.loads(r.value) for r in all_records(ws, "analytics.transactions")]
+    assert sorted(d["transaction_id"] for d in out) == [f"tx-{i}" for i in range(6)]
+    (token,) = {d["card"]["number"] for d in out}
+    assert token != card and token.endswith("5563")
+
+
+def test_every_record_is_audited_where_the_zone_asks_per_message(ws: Workspace) -> None:
+    approve(ws)
+    leak = payment(2, note="card 4111-1111-1111-1111 please")
+    values = [payment(0), payment(1), leak]
+    res = ws.produce("payments.transactions", values, principal="payments-service")
+    stats = open_flow(ws, FLOW).run(once=True)
+    assert (stats.delivered, stats.quarantined) == (2, 1)
+    reader = AuditReader(ws.audit.db, principal="auditor", authorize=lambda _p, _op: True)
+    events = reader.search(action="flow.transfer", limit=100)
+    seen = {}
+    for stored in events:
+        data = stored.event.data
+        extra = data.extra
+        if "source_offset" not in extra:
+            continue  # the batch summary
+        seen[(extra["source_partition"], extra["source_offset"])] = (
+            data.decision,
+            data.reason,
+            extra["content_hash"],
+            extra["flow"],
+        )
+    by_position = {(p.partition, p.offset): v for p, v in zip(res.accepted, values, strict=True)}
+    assert set(seen) == set(by_position)
+    for where, value in by_position.items():
+        decision, reason, content_hash, flow = seen[where]
+        assert flow == FLOW
+        assert content_hash.endswith(hashlib.sha256(value).hexdigest())
+        if value is leak:
+            assert (decision, reason) == ("quarantine", "DLP found CREDIT_CARD in the output")
+        else:
+            assert (decision, reason) == ("allow", None)
+    bodies = b"".join(orjson.dumps(e.event.model_dump()) for e in events)
+    assert b"4111" not in bodies and b"Ada" not in bodies
+
+
+def test_a_zone_without_per_message_audit_gets_no_transfer_events(workspace_dir: Any) -> None:
+    p = workspace_dir / "trustzones.yaml"
+    p.write_text(p.read_text().replace("audit_level: per-message", "audit_level: aggregate"))
+    with Workspace.open() as w:
+        approve(w)
+        w.produce("payments.transactions", [payment(0)], principal="payments-service")
+        open_flow(w, FLOW).run(once=True)
+        reader = AuditReader(w.audit.db, principal="auditor", authorize=lambda _p, _op: True)
+        per_record = [
+            e
+            for e in reader.search(action="flow.transfer", limit=100)
+            if "source_offset" in e.event.data.extra
+        ]
+        assert per_record == []
+        assert len(all_records(w, "analytics.transactions")) == 1
+
+
+# -- the watermark ----------------------------------------------------------------------
+
+
+@given(
+    body=st.text(alphabet="0123456789abcdef", min_size=8, max_size=64),
+    key=st.binary(min_size=16, max_size=100),
+)
+@settings(max_examples=200, deadline=None)
+def test_watermark_tag_is_the_hmac_of_the_body(body: str, key: bytes) -> None:
+    # A second implementation: the standard library's HMAC.
+    value = body + "0000"
+    marked = {"h": value}
+    Watermarker(key, ["h"]).mark(marked)
+    expected = hmac.new(key, body.encode(), hashlib.sha256).digest()[:2].hex()
+    assert marked["h"] == body + expected
+    assert Watermarker(key, []).carries(marked["h"])
+
+
+def test_run_undoes_its_gc_freeze_and_switch_interval(ws: Workspace) -> None:
+    import gc
+    import sys
+
+    approve(ws)
+    ws.produce("payments.transactions", [payment(0)], principal="payments-service")
+    runner = open_flow(ws, FLOW)
+    seen: list[tuple[int, float]] = []
+    before = sys.getswitchinterval()
+    runner.run(
+        once=True,
+        on_progress=lambda _s: seen.append((gc.get_freeze_count(), sys.getswitchinterval())),
+    )
+    assert seen and seen[0][0] > 0 and seen[0][1] <= 0.001  # while it ran
+    assert gc.get_freeze_count() == 0
+    assert sys.getswitchinterval() == before
+    gc.freeze()
+    try:
+        runner.run(once=True)
+        assert gc.get_freeze_count() > 0  # the process's own freeze stays
+    finally:
+        gc.unfreeze()
