@@ -88,7 +88,9 @@ def test_a_tampered_record_is_quarantined_and_the_others_delivered(workspace_dir
         grant_jit(ws, "security-officer")
         (held,) = open_quarantine(ws, FLOW).list(principal="security-officer")
         assert (held.source_partition, held.source_offset) == (victim.partition, victim.offset)
-        assert held.reason == "source record is not valid JSON"
+        assert held.reason == (
+            "source record could not be decrypted (the reason is in the audit log)"
+        )
         # The quarantine holds the stand-in, never the reason it did not open.
         (stored,) = ws.backend("payments").fetch(QUARANTINE, 0, held.offset, max_records=1)
         assert stored.value == b""

@@ -58,7 +58,7 @@ from trustzones.errors import FlowError, RecordRejected, TransformError
 from trustzones.flows._paths import keep_only, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import Backend, NewRecord, Record
-from trustzones.streams.base import Consumer
+from trustzones.streams.base import UNDECRYPTABLE_HEADERS, Consumer
 from trustzones.zone import Workspace
 from trustzones.zone._ingress import MAX_DEPTH
 
@@ -82,6 +82,9 @@ def _close(reader: Consumer) -> None:
     close = getattr(reader, "close", None)
     if close is not None:
         close()
+
+
+UNDECRYPTABLE_REASON = "source record could not be decrypted (the reason is in the audit log)"
 
 
 def quarantine_topic(flow: FlowSpec) -> str:
@@ -469,7 +472,14 @@ class FlowRunner:
         done: list[tuple[Record, Outcome]] = []
         head, tail = self._lineage_head, self._lineage_tail
         block = self.spec.dlp.action == "block"
-        for r, o in zip(records, self.decide_many([r.value for r in records]), strict=True):
+        outcomes = self.decide_many([r.value for r in records])
+        for i, r in enumerate(records):
+            # A stand-in for a record the backend could not open (see streams.base.withhold):
+            # the empty value together with exactly the stand-in's headers, so that a producer
+            # cannot divert a good record by adding the header.
+            if not r.value and r.headers == UNDECRYPTABLE_HEADERS:
+                outcomes[i] = Outcome("quarantine", reason=UNDECRYPTABLE_REASON)
+        for r, o in zip(records, outcomes, strict=True):
             done.append((r, o))
             new_pos[r.partition] = r.offset + 1
             if o.kind == "deliver":
