@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,14 @@ def test_per_message_zone_audits_every_record_without_its_content(workspace_dir:
 
 
 CLICK = {"event_id": "e", "timestamp": "2026-11-28T10:00:00Z", "session_id": "s", "page": "/"}
-T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a multiple of the window since the epoch
+# The next full hour: a multiple of the window since the epoch, and later than the real time at
+# which `init` enrolled the profile's TOTP secrets (a code from before that moment would be
+# refused as a replay, so a fixed date here broke once the real clock passed it).
+T0 = datetime.fromtimestamp((int(time.time()) // 3600 + 1) * 3600, UTC)
+
+
+def stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Clock:
@@ -109,9 +117,9 @@ def test_aggregate_zone_counts_records_per_time_window(workspace_dir: Path) -> N
         (a["action"], a["window_start"], a["count"], a["bytes"])
         for a in aggs  # type: ignore[index]
     ) == [
-        ("consume", "2026-11-28T10:00:00.000000Z", 8, 8 * len(value)),
-        ("produce", "2026-11-28T10:00:00.000000Z", 8, 8 * len(value)),
-        ("produce", "2026-11-28T10:00:20.000000Z", 2, 2 * len(value)),
+        ("consume", stamp(T0), 8, 8 * len(value)),
+        ("produce", stamp(T0), 8, 8 * len(value)),
+        ("produce", stamp(T0 + timedelta(seconds=20)), 2, 2 * len(value)),
     ]
     produced = [a for a in aggs if a["action"] == "produce"]  # type: ignore[index]
     assert {a["principal"] for a in produced} == {"clickstream-service"}  # type: ignore[index]
