@@ -4,16 +4,20 @@
 //! 1. Walk the Python objects (dicts, lists, strings, numbers) and copy every scannable
 //!    text (values, and keys when keys are scanned), normalised to ASCII, into one buffer,
 //!    fields separated by NUL (no rule matches NUL), with each field's path node and
-//!    field-name context.
+//!    field-name context. Numbers are written as Python writes them (`str(int)`,
+//!    `repr(float)`) without calling Python.
 //! 2. One lazy-DFA pass (`regex-automata`, all rules' prefilters and the keyword patterns
 //!    as one multi-pattern automaton, overlapping matches) over the buffer says which
 //!    pattern fired in which field: the role Hyperscan plays in the Hyperscan engine.
-//! 3. In those fields only, each fired rule's own expression (`regex`, leftmost-first, the
-//!    match Python's backtracking `re` finds) gives the candidates; context-only rules run
-//!    in fields with context or a keyword; validators confirm; overlaps are resolved.
+//! 3. In those fields only, each fired rule's own expression (leftmost-first, the match
+//!    Python's backtracking `re` finds; a bare forward/reverse lazy DFA per rule with its
+//!    cache in the scratch, the `regex` crate as fallback) gives the candidates;
+//!    context-only rules run in fields with context or a keyword; validators confirm;
+//!    overlaps are resolved.
 //! 4. Offsets go back to the original strings and paths are rendered, hiding a key that
 //!    holds a finding, as `_paths.render_path` does.
 
+use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use pyo3::exceptions::{PyRecursionError, PyTypeError, PyValueError};
@@ -21,6 +25,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use regex::bytes::{Regex, RegexBuilder};
 use regex_automata::hybrid::dfa::{Cache, OverlappingState, DFA};
+use regex_automata::hybrid::regex::{Cache as HybridCache, Regex as HybridRegex};
 use regex_automata::nfa::thompson;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
@@ -39,7 +44,12 @@ const CTX_CACHE_LIMIT: usize = 16_384;
 struct Rule {
     type_bit: u32,
     type_name: Py<PyString>,
+    type_str: String,
     regex: Regex,
+    /// The same expression as a bare lazy-DFA regex (forward for the end, reverse for the
+    /// start: the leftmost-first match `regex` finds), searched with a cache of the
+    /// caller's scratch: no pool, no prefilter start-up on the short texts of a record.
+    fast: HybridRegex,
     validator: Validator,
     keywords: bool,
     is_ip: bool,
@@ -57,6 +67,8 @@ type Cand = (f64, usize, usize, usize);
 /// Per-thread working memory, pooled: no lock is held while Python code runs.
 struct Scratch {
     dfa: Cache,
+    /// One cache per rule for `Rule::fast`.
+    rx: Vec<HybridCache>,
     norm: FxHashMap<u32, u8>,
     /// ASCII keys seen before: their context, and the inherited contexts under which the
     /// key itself was scanned and held nothing (it need not be scanned again there). A key
@@ -155,6 +167,15 @@ pub struct Engine {
     empty: Py<PyString>,
 }
 
+fn build_fast(rx: &str) -> PyResult<HybridRegex> {
+    HybridRegex::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .thompson(thompson::Config::new().utf8(false).which_captures(thompson::WhichCaptures::None))
+        .dfa(DFA::config().minimum_cache_clear_count(None))
+        .build(rx)
+        .map_err(|e| PyValueError::new_err(format!("native engine cannot compile {rx:?}: {e}")))
+}
+
 fn build(rx: &str, caseless: bool) -> PyResult<Regex> {
     RegexBuilder::new(rx)
         .unicode(false)
@@ -176,6 +197,7 @@ impl Engine {
         let got = self.scratch.lock().ok().and_then(|mut v| v.pop());
         got.unwrap_or_else(|| Scratch {
             dfa: self.dfa.create_cache(),
+            rx: self.rules.iter().map(|r| r.fast.create_cache()).collect(),
             norm: FxHashMap::default(),
             ctx: FxHashMap::default(),
             col: Collected::default(),
@@ -368,6 +390,11 @@ impl Engine {
             return self.add_field(py, c, sc, &text, node, ctx, rec, false);
         }
         if obj.is_exact_instance_of::<PyFloat>() {
+            let x = obj.cast::<PyFloat>()?.value();
+            if let Some(text) = float_repr(x) {
+                Self::add_ascii_field(c, text.as_bytes(), node, ctx, rec);
+                return Ok(());
+            }
             let text = obj.repr()?;
             return self.add_field(py, c, sc, &text, node, ctx, rec, false);
         }
@@ -414,14 +441,10 @@ impl Engine {
         for &n in chain.iter().rev() {
             match c.nodes[n as usize].seg {
                 Seg::Index(i) => {
-                    out.push('[');
-                    out.push_str(&i.to_string());
-                    out.push(']');
+                    let _ = write!(out, "[{i}]");
                 }
                 Seg::Key { pos, .. } | Seg::OddKey { pos, .. } if hidden.get(n as usize).copied().unwrap_or(false) => {
-                    out.push_str("{#");
-                    out.push_str(&pos.to_string());
-                    out.push('}');
+                    let _ = write!(out, "{{#{pos}}}");
                 }
                 Seg::Key { start, len, .. } => {
                     let key = &c.keys[start as usize..(start + len) as usize];
@@ -451,20 +474,24 @@ impl Engine {
     // -- detection ----------------------------------------------------------------------
 
     /// Candidates kept per field (resolved, normalised offsets), for fields `0..n`.
-    fn detect(&self, big: &[u8], fields: &[(usize, usize, u32)], dfa_cache: &mut Cache) -> PyResult<Vec<Vec<Cand>>> {
+    fn detect(&self, big: &[u8], fields: &[(usize, usize, u32)], dfa_cache: &mut Cache, rx: &mut [HybridCache]) -> PyResult<Vec<Vec<Cand>>> {
         let n = fields.len();
         let mut fired = vec![0u64; n];
         if !big.is_empty() {
             let input = Input::new(big);
             let mut state = OverlappingState::start();
+            let mut fi = 0usize;
             loop {
                 self.dfa
                     .try_search_overlapping_fwd(dfa_cache, &input, &mut state)
                     // The error names a byte and an offset of the text: not passed on.
                     .map_err(|_| PyValueError::new_err("the native DFA search failed"))?;
                 let Some(hm) = state.get_match() else { break };
+                // Matches come in order of their end: the field cursor only moves forward.
                 let at = hm.offset() - 1;
-                let fi = fields.partition_point(|&(s, len, _)| s + len <= at);
+                while fi < n && fields[fi].0 + fields[fi].1 <= at {
+                    fi += 1;
+                }
                 if fi < n {
                     fired[fi] |= 1 << hm.pattern().as_usize();
                 }
@@ -492,7 +519,7 @@ impl Engine {
                         if rule.is_ip && ctx & NOT_IP != 0 {
                             continue;
                         }
-                        self.run_rule(ri, text, ctx & rule.type_bit != 0, &mut spans, &mut cands);
+                        self.run_rule(ri, text, ctx & rule.type_bit != 0, &mut spans, &mut cands, &mut rx[ri]);
                     }
                 }
             }
@@ -504,7 +531,7 @@ impl Engine {
                     if !(by_name || by_keyword) || (rule.is_ip && ctx & NOT_IP != 0) {
                         continue;
                     }
-                    self.run_rule(ri, text, by_name, &mut spans, &mut cands);
+                    self.run_rule(ri, text, by_name, &mut spans, &mut cands, &mut rx[ri]);
                 }
             }
             out.push(resolve(cands));
@@ -512,43 +539,65 @@ impl Engine {
         Ok(out)
     }
 
-    fn run_rule(&self, ri: usize, text: &[u8], has_ctx: bool, spans: &mut Vec<Span>, cands: &mut Vec<Cand>) {
+    fn run_rule(&self, ri: usize, text: &[u8], has_ctx: bool, spans: &mut Vec<Span>, cands: &mut Vec<Cand>, cache: &mut HybridCache) {
         let rule = &self.rules[ri];
-        for m in rule.regex.find_iter(text) {
+        let mut input = Input::new(text);
+        // `find_iter`, unrolled: after a non-empty match that reaches the end of the text
+        // only an empty match at the end could follow, and `find_iter` skips an empty
+        // match where the previous one ended; so that last search is not run.
+        let mut pos = 0;
+        let mut last_end = usize::MAX;
+        while pos <= text.len() {
+            input.set_start(pos);
+            // The lazy DFA cannot fail here (no Unicode word boundary, no give-up
+            // threshold); were it to, the `regex` crate answers instead.
+            let found = match rule.fast.try_search(cache, &input) {
+                Ok(m) => m.map(|m| (m.start(), m.end())),
+                Err(_) => rule.regex.find_at(text, pos).map(|m| (m.start(), m.end())),
+            };
+            let Some((ms, me)) = found else { break };
+            if ms == me && me == last_end {
+                pos = me + 1;
+                continue;
+            }
             spans.clear();
-            rule.validator.run(&self.kw, text, m.start(), m.end(), has_ctx, spans);
+            rule.validator.run(&self.kw, text, ms, me, has_ctx, spans);
             for &(s, e, conf) in spans.iter() {
                 if conf >= self.min_confidence {
                     cands.push((conf, s, e, ri));
                 }
             }
+            last_end = me;
+            if me == text.len() && ms != me {
+                break;
+            }
+            pos = me;
         }
     }
 
     fn finding<'py>(&self, py: Python<'py>, ri: usize, path: &Bound<'py, PyString>, s: u32, e: u32, conf: f64, in_key: bool) -> PyResult<Bound<'py, PyAny>> {
-        let t = PyTuple::new(
-            py,
-            [
-                self.rules[ri].type_name.bind(py).clone().into_any(),
-                path.clone().into_any(),
-                s.into_pyobject(py)?.into_any(),
-                e.into_pyobject(py)?.into_any(),
-                PyFloat::new(py, conf).into_any(),
-                pyo3::types::PyBool::new(py, in_key).to_owned().into_any(),
-            ],
-        )?;
+        let items: [Bound<'py, PyAny>; 6] = [
+            self.rules[ri].type_name.bind(py).clone().into_any(),
+            path.clone().into_any(),
+            s.into_pyobject(py)?.into_any(),
+            e.into_pyobject(py)?.into_any(),
+            PyFloat::new(py, conf).into_any(),
+            pyo3::types::PyBool::new(py, in_key).to_owned().into_any(),
+        ];
         if !self.direct {
+            let t = PyTuple::new(py, items)?;
             return self.tuple_new.bind(py).call1((self.finding.bind(py), t));
         }
         // SAFETY: `finding` is a tuple subtype with tuple's layout (checked in `new`);
-        // this is `tuple_subtype_new`: allocate with the type, then move the items in.
+        // this is `tuple_subtype_new`: allocate with the type, then move the items in
+        // (a fresh tuple's slots are NULL, so nothing is overwritten).
         unsafe {
             let obj = pyo3::ffi::PyType_GenericAlloc(self.finding.as_ptr().cast::<pyo3::ffi::PyTypeObject>(), 6);
             if obj.is_null() {
                 return Err(PyErr::fetch(py));
             }
             let obj = Bound::from_owned_ptr(py, obj);
-            for (i, item) in t.iter().enumerate() {
+            for (i, item) in items.into_iter().enumerate() {
                 if pyo3::ffi::PyTuple_SetItem(obj.as_ptr(), i as pyo3::ffi::Py_ssize_t, item.into_ptr()) != 0 {
                     return Err(PyErr::fetch(py));
                 }
@@ -561,9 +610,9 @@ impl Engine {
         }
     }
 
-    fn scan_collected<'py>(&self, py: Python<'py>, c: &Collected, n_records: usize, sc: &mut Scratch) -> PyResult<Bound<'py, PyList>> {
+    fn scan_collected<'py>(&self, py: Python<'py>, c: &Collected, n_records: usize, sc: &mut Scratch) -> PyResult<Vec<Bound<'py, PyList>>> {
         let spans: Vec<(usize, usize, u32)> = c.fields.iter().map(|f| (f.start as usize, f.len as usize, f.ctx)).collect();
-        let found = self.detect(&c.big, &spans, &mut sc.dfa)?;
+        let found = self.detect(&c.big, &spans, &mut sc.dfa, &mut sc.rx)?;
         for &(start, len, kctx, inherited, field) in &c.new_ctx {
             if field != NONE && !found[field as usize].is_empty() {
                 continue;
@@ -605,7 +654,7 @@ impl Engine {
                 results[f.rec as usize].append(self.finding(py, ri, &path, s, e, conf, f.is_key)?)?;
             }
         }
-        PyList::new(py, results)
+        Ok(results)
     }
 }
 
@@ -656,6 +705,52 @@ fn json_quote(key: &[u8], out: &mut String) {
         }
     }
     out.push('"');
+}
+
+/// `repr(x)` for a finite float, as CPython writes it (`float_repr`: the shortest digits
+/// that read back as `x`, in positional notation when the decimal point falls within
+/// 16 digits of the first one and not 4 or more places before it, else exponential with
+/// a signed, two-digit exponent); None for inf and nan. Rust's `{:e}` gives the same
+/// shortest, nearest digits.
+pub fn float_repr(x: f64) -> Option<String> {
+    if !x.is_finite() {
+        return None;
+    }
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e')?;
+    let exp: i32 = exp.parse().ok()?;
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let decpt = exp + 1;
+    let mut out = String::with_capacity(digits.len() + 8);
+    out.push_str(sign);
+    if -4 < decpt && decpt <= 16 {
+        let n = digits.len() as i32;
+        if decpt <= 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-decpt) as usize));
+            out.push_str(&digits);
+        } else if decpt >= n {
+            out.push_str(&digits);
+            out.extend(std::iter::repeat_n('0', (decpt - n) as usize));
+            out.push_str(".0");
+        } else {
+            out.push_str(&digits[..decpt as usize]);
+            out.push('.');
+            out.push_str(&digits[decpt as usize..]);
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs());
+    }
+    Some(out)
 }
 
 struct ItoaBuf {
@@ -731,7 +826,9 @@ impl Engine {
             compiled.push(Rule {
                 type_bit: bit(type_)?,
                 type_name: PyString::intern(py, type_).unbind(),
+                type_str: type_.clone(),
                 regex: build(regex, false)?,
+                fast: build_fast(regex)?,
                 validator,
                 keywords: *kw,
                 is_ip: type_ == "IP_ADDRESS",
@@ -809,7 +906,20 @@ impl Engine {
                 self.walk(py, &mut c, &mut sc, &obj, NONE, 0, rec as u32, 0)?;
                 n += 1;
             }
-            self.scan_collected(py, &c, n, &mut sc)
+            PyList::new(py, self.scan_collected(py, &c, n, &mut sc)?)
+        })();
+        sc.col = c;
+        self.give_scratch(sc);
+        result
+    }
+
+    /// `scan_records([obj])[0]`, without the lists around it.
+    fn scan_record<'py>(&self, py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let mut sc = self.take_scratch();
+        let mut c = std::mem::take(&mut sc.col);
+        let result = (|| {
+            self.walk(py, &mut c, &mut sc, obj, NONE, 0, 0, 0)?;
+            Ok(self.scan_collected(py, &c, 1, &mut sc)?.swap_remove(0))
         })();
         sc.col = c;
         self.give_scratch(sc);
@@ -819,15 +929,7 @@ impl Engine {
     /// Scan one string whose field context is `ctx` (type names); findings have path "".
     fn scan_text<'py>(&self, py: Python<'py>, text: &Bound<'py, PyString>, ctx: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let ctx = self.ctx_from_names(ctx)?;
-        let mut sc = self.take_scratch();
-        let result = (|| {
-            let mut c = Collected::default();
-            self.add_field(py, &mut c, &mut sc, text, NONE, ctx, 0, false)?;
-            let found = self.scan_collected(py, &c, 1, &mut sc)?;
-            Ok(found.get_item(0)?.cast_into::<PyList>()?)
-        })();
-        self.give_scratch(sc);
-        result
+        self.scan_one(py, text, ctx)
     }
 
     /// Whether `scan_text(text)` without context finds anything.
@@ -837,7 +939,7 @@ impl Engine {
             let mut c = Collected::default();
             self.add_field(py, &mut c, &mut sc, text, NONE, 0, 0, false)?;
             let f = &c.fields[0];
-            let found = self.detect(&c.big, &[(f.start as usize, f.len as usize, 0)], &mut sc.dfa)?;
+            let found = self.detect(&c.big, &[(f.start as usize, f.len as usize, 0)], &mut sc.dfa, &mut sc.rx)?;
             Ok(!found[0].is_empty())
         })();
         self.give_scratch(sc);
@@ -846,8 +948,33 @@ impl Engine {
 }
 
 impl Engine {
-    /// `scan_text(text, ())`: the findings of one string without field context.
-    pub(crate) fn scan_plain<'py>(&self, py: Python<'py>, text: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyList>> {
-        self.scan_text(py, text, PyTuple::empty(py).as_any())
+    /// The findings of one ASCII string without field context, as (start, end, type):
+    /// what `redact_text` needs, without building Python findings.
+    pub(crate) fn scan_ascii_spans(&self, text: &str) -> PyResult<Vec<(usize, usize, &str)>> {
+        let mut sc = self.take_scratch();
+        let mut c = std::mem::take(&mut sc.col);
+        c.big.extend_from_slice(text.as_bytes());
+        let result = self.detect(&c.big, &[(0, text.len(), 0)], &mut sc.dfa, &mut sc.rx).map(|mut found| {
+            found
+                .swap_remove(0)
+                .into_iter()
+                .map(|(_, s, e, ri)| (s, e, self.rules[ri].type_str.as_str()))
+                .collect()
+        });
+        sc.col = c;
+        self.give_scratch(sc);
+        result
+    }
+
+    fn scan_one<'py>(&self, py: Python<'py>, text: &Bound<'py, PyString>, ctx: u32) -> PyResult<Bound<'py, PyList>> {
+        let mut sc = self.take_scratch();
+        let mut c = std::mem::take(&mut sc.col);
+        let result = (|| {
+            self.add_field(py, &mut c, &mut sc, text, NONE, ctx, 0, false)?;
+            Ok(self.scan_collected(py, &c, 1, &mut sc)?.swap_remove(0))
+        })();
+        sc.col = c;
+        self.give_scratch(sc);
+        result
     }
 }

@@ -10,6 +10,13 @@ mod validators;
 
 use pyo3::prelude::*;
 
+/// The text the engine scans for a finite float, `repr(x)`; None for inf and nan (the
+/// engine asks Python then). Exposed so that the tests can hold it to `repr`.
+#[pyfunction]
+fn float_text(x: f64) -> Option<String> {
+    engine::float_repr(x)
+}
+
 #[pymodule]
 fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
@@ -17,6 +24,7 @@ fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transforms::HmacSha256>()?;
     m.add_class::<transforms::PlanExecutor>()?;
     m.add_function(wrap_pyfunction!(transforms::mask_ascii, m)?)?;
+    m.add_function(wrap_pyfunction!(float_text, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

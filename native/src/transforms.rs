@@ -445,12 +445,8 @@ impl PlanExecutor {
             NativeOp::Redact { engine, type_style, mask_char } => {
                 let Ok(s) = value.cast_exact::<PyString>() else { return Ok(None) };
                 let Some(text) = s.to_str().ok().filter(|t| t.is_ascii()) else { return Ok(None) };
-                let found = engine.get().scan_plain(py, s)?;
-                let mut spans: Vec<(usize, usize, String)> = Vec::with_capacity(found.len());
-                for f in found.iter() {
-                    let f = f.cast_into::<PyTuple>()?;
-                    spans.push((f.get_item(2)?.extract()?, f.get_item(3)?.extract()?, f.get_item(0)?.extract()?));
-                }
+                // ASCII: no normalisation, so the offsets are those of `text` itself.
+                let spans = engine.get().scan_ascii_spans(text)?.into_iter().map(|(s, e, t)| (s, e, t.to_owned())).collect();
                 Some(PyString::new(py, &redact_ascii(text, spans, *type_style, mask_char)).into_any())
             }
             NativeOp::Fpe { ff1, tweak, keep_first, keep_last, luhn_invalid } => {

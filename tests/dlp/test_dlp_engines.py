@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trustzones.dlp import Finding, Scanner, hyperscan_available, native_available
+from trustzones.dlp._native import load_native
 from trustzones.dlp._rules import KEYWORDS, RULES
 from trustzones.dlp.synth import Synth
 
@@ -252,3 +253,38 @@ def test_native_keeps_no_state_between_batches() -> None:
     records = [{"4111111111111111": "x", "name": "4111111111111111"}] * 3
     for _ in range(2):
         assert NA.scan_records(records) == PY.scan_records(records)
+
+
+_FLOAT_EDGES = [
+    0.0, -0.0, 1.0, -1.5, 0.1, 1e-4, 1e-5, 9.999e-5, 1e15, 1e16, 9999999999999998.0,
+    1234567890123456.0, 12345678901234567.0, 5e-324, 2.2250738585072014e-308,
+    1.7976931348623157e308, 2.0**53, 2.0**53 + 2, 1024.35, 0.30000000000000004, 1e22, 1e23,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("x", _FLOAT_EDGES)
+def test_native_float_text_is_repr_on_edges(x: float) -> None:
+    # The native walk writes a float's text itself; it must be Python's repr exactly,
+    # or offsets (and findings) in numbers would differ from the reference.
+    native = load_native()
+    assert native is not None
+    assert native.float_text(x) == repr(x)
+    assert native.float_text(-x) == repr(-x)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_native_float_text_is_repr(x: float) -> None:
+    native = load_native()
+    assert native is not None
+    assert native.float_text(x) == repr(x)
+
+
+def test_native_float_text_leaves_inf_and_nan_to_python() -> None:
+    native = load_native()
+    assert native is not None
+    for x in (float("inf"), float("-inf"), float("nan")):
+        assert native.float_text(x) is None
+    # ... and a record holding them still scans like the reference.
+    record = {"a": float("inf"), "b": [float("nan"), -float("inf")], "card": 4111111111111111.0}
+    assert NA.scan_record(record) == PY.scan_record(record)

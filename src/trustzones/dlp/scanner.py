@@ -416,6 +416,8 @@ class Scanner:
 
     def scan_record(self, obj: object) -> list[Finding]:
         """Scan a decoded JSON value (dict, list, str, number, bool or None)."""
+        if self._native is not None:
+            return cast("list[Finding]", self._native.scan_record(obj))
         return self.scan_records([obj])[0]
 
     def scan_records(self, objs: Sequence[object]) -> list[list[Finding]]:
