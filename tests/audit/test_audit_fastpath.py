@@ -236,3 +236,78 @@ def test_canonical_json_of_events_is_rfc8785() -> None:
                          content=b"a")  # fmt: skip
     body = canonical_json(e)
     assert body == rfc8785.dumps(json.loads(body))
+
+
+# -- the batch constructor: canonical bytes, identical to the one-by-one path -----------------
+
+_shared = st.fixed_dictionaries(
+    {
+        "flow": st.sampled_from(["f1", "pay-clean", "bad flow"]),
+        "principal": st.sampled_from(["svc-flow", "4111111111111111"]),
+        "source_zone": st.just("restricted"),
+        "source_topic": st.sampled_from(["payments", "p"]),
+        "destination_zone": st.just("internal"),
+        "destination_topic": st.just("payments-clean"),
+    }
+)
+_flow_record = st.tuples(
+    st.one_of(st.integers(-1, 2**53), st.booleans()),
+    st.integers(-1, 2**53),
+    st.one_of(st.none(), st.binary(max_size=16)),
+    st.sampled_from(["allow", "quarantine", "deny"]),
+    st.one_of(st.none(), st.sampled_from(["dlp: card number", "x\ny", 'a "quoted" reason'])),
+)
+
+
+def _one_by_one(shared: dict[str, Any], record: tuple[Any, ...], at: datetime) -> ev.AuditEvent:
+    partition, offset, content, outcome, reason = record
+    return ev.flow_transfer(
+        **shared, source_partition=partition, source_offset=offset, content=content,
+        outcome=outcome, reason=reason, at=at,
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(shared=_shared, records=st.lists(_flow_record, min_size=1, max_size=6))
+def test_flow_transfers_are_byte_identical_to_flow_transfer(
+    shared: dict[str, Any], records: list[tuple[Any, ...]]
+) -> None:
+    refusal: str | None = None
+    try:
+        expected = [_one_by_one(shared, r, T) for r in records]
+    except AuditEventRejected as exc:
+        refusal = str(exc)
+    if refusal is not None:
+        with pytest.raises(AuditEventRejected) as batch_exc:
+            ev.flow_transfers(records, **shared, at=T)
+        assert str(batch_exc.value) == refusal  # the same refusal, word for word
+        return
+    batch = ev.flow_transfers(records, **shared, at=T)
+    assert len(batch) == len(records)
+    for got, want in zip(batch, expected, strict=True):
+        # The same event but for the id, which each event gets afresh.
+        same = want.model_copy(update={"id": got.id})
+        assert got.body == canonical_json(same)
+        assert got == ev.CanonicalEvent.of(same)
+        assert got.event() == same  # and the bytes pass the full check
+        assert got.body == rfc8785.dumps(json.loads(got.body))
+
+
+def test_flow_transfers_stamp_each_event_with_its_own_id_and_time() -> None:
+    records = [(0, i, b"r%d" % i, "allow", None) for i in range(50)]
+    shared = {"flow": "f1", "principal": "svc", "source_zone": "r", "source_topic": "p",
+              "destination_zone": "i", "destination_topic": "q"}  # fmt: skip
+    batch = ev.flow_transfers(records, **shared)
+    assert len({e.id for e in batch}) == 50
+    assert all(e.id[14] == "7" for e in batch)  # UUIDv7
+    assert [e.time for e in batch] == sorted(e.time for e in batch)
+    assert [e.event().data.extra["source_offset"] for e in batch] == list(range(50))
+    assert batch[3].event().data.extra["content_hash"] == content_hash(b"r3")
+
+
+def test_flow_transfers_refuse_a_sensitive_reason_without_echoing_it() -> None:
+    records = [(0, 0, b"a", "allow", None), (0, 1, b"b", "quarantine", "card 4111111111111111")]
+    with pytest.raises(AuditEventRejected, match=r"^audit event refused: data\.reason") as exc:
+        ev.flow_transfers(records, flow="f1", principal="svc", source_zone="r", source_topic="p",
+                          destination_zone="i", destination_topic="q")  # fmt: skip
+    assert "4111" not in str(exc.value)

@@ -14,6 +14,7 @@ from audit_helpers import T0, make_events, raw
 from pymerkle import InmemoryTree
 
 from trustzones.audit import (
+    AuditEvent,
     AuditEventRejected,
     AuditKeyInvalid,
     AuditLog,
@@ -26,6 +27,7 @@ from trustzones.audit import (
     check_proof,
     verify_log,
 )
+from trustzones.audit.events import CanonicalEvent, flow_transfers
 from trustzones.audit.merkle import verify_consistency
 from trustzones.errors import AccessDenied, AuditError
 
@@ -340,3 +342,25 @@ def test_a_log_with_the_old_search_indexes_still_opens_appends_and_searches(
     expected = [i for i, e in enumerate(every) if e.data.principal == "user-1"]
     assert expected and [s.leaf_index for s in found] == expected
     assert verify_log(db, signer.verifier()).tree_size == 20
+
+
+def test_canonical_events_are_stored_as_they_are_and_verify(
+    log: AuditLog, signer: NoteSigner
+) -> None:
+    batch = flow_transfers(
+        [(p, o, b"record %d" % o, "allow" if o % 3 else "quarantine", None if o % 3 else "dlp")
+         for p in range(2) for o in range(10)],
+        flow="f1", principal="svc", source_zone="restricted", source_topic="payments",
+        destination_zone="internal", destination_topic="clean",
+    )  # fmt: skip
+    mixed: list[AuditEvent | CanonicalEvent] = [*make_events(3), *batch, *make_events(2, 3)]
+    assert log.append_many(mixed) == range(25)
+    con = sqlite3.connect(log.path)
+    rows = con.execute(
+        "SELECT event_id, time, principal, zone, action, decision, body FROM events "
+        "WHERE leaf_index BETWEEN 3 AND 22 ORDER BY leaf_index"
+    ).fetchall()
+    con.close()
+    assert [CanonicalEvent(*r[:6], bytes(r[6])) for r in rows] == batch
+    assert [s.event for s in auditor(log.path).tail(100)[3:23]] == [e.event() for e in batch]
+    assert verify_log(log.path, signer.verifier()).tree_size == 25

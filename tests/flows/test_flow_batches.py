@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from typing import Any
 
 import orjson
@@ -152,3 +153,39 @@ def test_run_undoes_its_gc_freeze_and_switch_interval(ws: Workspace) -> None:
         assert gc.get_freeze_count() > 0  # the process's own freeze stays
     finally:
         gc.unfreeze()
+
+
+def test_run_writes_inline_on_the_embedded_backend_and_on_a_thread_where_overlap_pays(
+    ws: Workspace,
+) -> None:
+    approve(ws)
+    ws.produce(
+        "payments.transactions", [payment(i) for i in range(40)], principal="payments-service"
+    )
+    writers: dict[str, set[str]] = {}
+    for mode in ("inline", "threaded"):
+        r = open_flow(ws, FLOW)
+        assert r._overlap_pays() is False  # every zone of the test workspace is embedded
+        if mode == "threaded":
+            r._overlap_pays = lambda: True  # type: ignore[method-assign]  # as on Kafka
+        write = r._write_batch
+
+        def spy(*args: Any, _write: Any = write, _mode: str = mode) -> None:
+            writers.setdefault(_mode, set()).add(threading.current_thread().name)
+            _write(*args)
+
+        r._write_batch = spy  # type: ignore[method-assign]
+        assert r.run(once=True, batch=7).read == 40
+        if mode == "inline":
+            ws.produce(
+                "payments.transactions",
+                [payment(i) for i in range(40, 80)],
+                principal="payments-service",
+            )
+    assert writers["inline"] == {threading.current_thread().name}
+    assert len(writers["threaded"]) == 1
+    assert next(iter(writers["threaded"])).startswith("tz-flow-payments-to-analytics")
+    out = [
+        orjson.loads(r.value)["transaction_id"] for r in all_records(ws, "analytics.transactions")
+    ]
+    assert sorted(out) == sorted(f"tx-{i}" for i in range(80))

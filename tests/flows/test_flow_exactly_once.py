@@ -32,8 +32,8 @@ with Workspace.open() as ws:
 """
 
 
-# ``run``: the batches go two at a time, a writer thread writing one while the next is
-# decided; it reports after each batch it has written.
+# ``run``: it reports after each batch it has written. On the embedded backend it writes
+# each batch inline, before deciding the next.
 PIPELINED = r"""
 import sys
 from trustzones.flows import open_flow
@@ -43,6 +43,9 @@ with Workspace.open() as ws:
     r.run(once=True, batch=int(sys.argv[1]), on_progress=lambda s: print(s.read, flush=True))
     print("done", flush=True)
 """
+# ``run`` as on Kafka: the batches go two at a time, a writer thread writing one while the
+# next is decided.
+THREADED = PIPELINED.replace("    r.run(", "    r._overlap_pays = lambda: True\n    r.run(", 1)
 
 
 def _run_and_kill(cwd: Path, rng: random.Random, batch: int, runner: str = RUNNER) -> bool:
@@ -50,7 +53,9 @@ def _run_and_kill(cwd: Path, rng: random.Random, batch: int, runner: str = RUNNE
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runner", [RUNNER, PIPELINED], ids=["step", "run"])
+@pytest.mark.parametrize(
+    "runner", [RUNNER, PIPELINED, THREADED], ids=["step", "run", "run-threaded"]
+)
 def test_sigkill_at_random_points_keeps_exactly_once(
     ws: Workspace, workspace_dir: Path, runner: str
 ) -> None:

@@ -46,7 +46,7 @@ import re
 import time as _time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 from pydantic import (
@@ -76,6 +76,7 @@ __all__ = [
     "AuditData",
     "AuditEvent",
     "AuditSink",
+    "CanonicalEvent",
     "Decision",
     "access_decision",
     "aggregate",
@@ -85,6 +86,7 @@ __all__ = [
     "content_hash",
     "event_from_json",
     "flow_transfer",
+    "flow_transfers",
     "grant_change",
     "key_operation",
     "new_event",
@@ -950,6 +952,141 @@ def _stamped(template: AuditEvent, at: datetime | None, updates: dict[str, objec
     _object_setattr(event, "__pydantic_fields_set__", set(template.__pydantic_fields_set__))
     _object_setattr(event, "__pydantic_private__", None)
     return event
+
+
+class CanonicalEvent(NamedTuple):
+    """An audit event already in its RFC 8785 canonical form: the bytes the log stores and
+    hashes, and the columns it indexes them by.
+
+    Made by the batch constructors here (:func:`flow_transfers`) from a checked template, so
+    ``body`` meets the event contract; :meth:`event` parses it back with every check, for a
+    sink that needs the model. :meth:`AuditLog.append_many` stores it as it is.
+    """
+
+    id: str
+    time: str
+    principal: str
+    zone: str
+    action: str
+    decision: str
+    body: bytes
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> CanonicalEvent:
+        """The canonical form of a checked event."""
+        data = event.data
+        return cls(
+            event.id, event.time, data.principal, data.zone, data.action, data.decision,
+            canonical_json(event),
+        )  # fmt: skip
+
+    def event(self) -> AuditEvent:
+        """The event model, parsed from ``body`` and checked in full."""
+        return event_from_json(self.body)
+
+
+FlowRecord = tuple[int, int, bytes | None, Decision, str | None]
+"""What :func:`flow_transfers` needs of one record: ``(source_partition, source_offset,
+content, outcome, reason)``."""
+
+
+def flow_transfers(
+    records: Iterable[FlowRecord],
+    *,
+    flow: str,
+    principal: str,
+    source_zone: str,
+    source_topic: str,
+    destination_zone: str,
+    destination_topic: str,
+    at: datetime | None = None,
+) -> list[CanonicalEvent]:
+    """:func:`flow_transfer` for each record of a batch, already canonical.
+
+    Each event's bytes are exactly ``canonical_json(flow_transfer(...))`` for the same record,
+    id and time. The fields a batch shares are checked once per outcome and reason (the cached
+    template of :func:`flow_transfer`); a record then only adds values made or range-checked
+    here (id, time, partition, offset, content hash). A record whose own fields are not plainly
+    valid goes through :func:`flow_transfer`, which raises its reference error.
+    """
+    when: str | None = None
+    if at is not None and builtins_type(at) is datetime and at.tzinfo is not None:
+        when = str(_utc_time(at))
+    fast = at is None or when is not None
+    # (outcome, reason, has content) -> (top-level fields, data fields, indexed columns)
+    shells: dict[tuple[str, str | None, bool], tuple[dict[str, Any], dict[str, Any]] | None] = {}
+    out: list[CanonicalEvent] = []
+    dumps, sort_keys, now, uuid7, fmt = _dumps, _SORT_KEYS, _time.time_ns, _uuid7, _format_ns
+    action = "flow.transfer"
+    for partition, offset, content, outcome, reason in records:
+        if (
+            fast
+            and builtins_type(partition) is int
+            and builtins_type(offset) is int
+            and 0 <= partition <= _MAX_INT
+            and 0 <= offset <= _MAX_INT
+            and (content is None or builtins_type(content) is bytes)
+        ):
+            key = (outcome, reason, content is not None)
+            if key in shells:
+                shell = shells[key]
+            else:
+                shell = shells[key] = _flow_shell(
+                    flow, principal, source_zone, source_topic, destination_zone,
+                    destination_topic, outcome, reason, content is not None,
+                )  # fmt: skip
+            if shell is not None:
+                top, data = shell
+                d = data.copy()
+                d["source_partition"] = partition
+                d["source_offset"] = offset
+                if content is not None:
+                    d["content_hash"] = "sha256:" + hashlib.sha256(content).hexdigest()
+                now_ns = now()
+                t = top.copy()
+                event_id = t["id"] = uuid7(now_ns)
+                stamp = t["time"] = when if when is not None else fmt(now_ns)
+                t["data"] = d
+                body = dumps(t, option=sort_keys)
+                out.append(
+                    CanonicalEvent(
+                        event_id, stamp, principal, destination_zone, action, outcome, body
+                    )
+                )
+                continue
+        event = flow_transfer(
+            flow=flow, principal=principal, source_zone=source_zone, source_topic=source_topic,
+            source_partition=partition, source_offset=offset, destination_zone=destination_zone,
+            destination_topic=destination_topic, outcome=outcome, content=content,
+            reason=reason, at=at,
+        )  # fmt: skip
+        out.append(CanonicalEvent.of(event))
+    return out
+
+
+def _flow_shell(
+    flow: str,
+    principal: str,
+    source_zone: str,
+    source_topic: str,
+    destination_zone: str,
+    destination_topic: str,
+    outcome: Decision,
+    reason: str | None,
+    has_content: bool,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The canonical fields of a checked flow-transfer template, as plain dicts (the values a
+    record adds are overwritten per event); ``None`` when the template is refused."""
+    try:
+        template = _flow_template(
+            flow, principal, source_zone, source_topic, destination_zone, destination_topic,
+            outcome, reason, False, has_content,
+        )  # fmt: skip
+    except (AuditEventRejected, TypeError):
+        return None  # flow_transfer, per record, raises the reference error
+    top: dict[str, Any] = orjson.loads(canonical_json(template))
+    data: dict[str, Any] = top.pop("data")
+    return top, data
 
 
 def quarantine(

@@ -68,7 +68,13 @@ from trustzones.audit._errors import (
     LogTampered,
     ProofInvalid,
 )
-from trustzones.audit.events import AuditEvent, _utc_time, canonical_json, event_from_json
+from trustzones.audit.events import (
+    AuditEvent,
+    CanonicalEvent,
+    _utc_time,
+    canonical_json,
+    event_from_json,
+)
 from trustzones.audit.merkle import (
     EMPTY_ROOT,
     CompactRange,
@@ -237,13 +243,33 @@ class AuditLog:
         raises."""
         return self.append_many([event]).start
 
-    def append_many(self, events: Sequence[AuditEvent]) -> range:
-        """Append events atomically and in order, in one transaction; return their leaf indices."""
+    def append_many(self, events: Sequence[AuditEvent | CanonicalEvent]) -> range:
+        """Append events atomically and in order, in one transaction; return their leaf indices.
+
+        A :class:`~trustzones.audit.events.CanonicalEvent` (from a batch constructor such as
+        :func:`~trustzones.audit.events.flow_transfers`) is stored as it is, already canonical.
+        """
         # 1. Serialise and hash outside any lock: it is the expensive part.
         rows = []
         sha = _sha256
         canonical = canonical_json
         for event in events:
+            if isinstance(event, CanonicalEvent):
+                body = event.body
+                rows.append(
+                    [
+                        0,
+                        event.id,
+                        event.time,
+                        event.principal,
+                        event.zone,
+                        event.action,
+                        event.decision,
+                        sha(_LEAF + body).digest(),
+                        body,
+                    ]
+                )
+                continue
             body = canonical(event)
             top = event.__dict__
             d = top["data"].__dict__

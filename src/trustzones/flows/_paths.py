@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 
@@ -59,46 +59,121 @@ def _leaves(node: Any, spath: str, cpath: str) -> Iterator[tuple[str, str]]:
         yield spath, cpath
 
 
-def leaves_ok(doc: Any, problem: Callable[[str], str | None], limit: int) -> bool:
+def leaves_ok(
+    doc: Any,
+    problem: Callable[[str], str | None],
+    limit: int,
+    fine: Container[str] = frozenset(),
+) -> bool:
     """True when ``problem`` is None for the schema path of every leaf that :func:`leaves`
     yields, and no value is nested deeper than ``limit`` (the top level is depth 1, each
     value one deeper than its container, as zone ingress counts it). False means: look
-    closer with :func:`leaves`. One walk, no concrete paths, stops at the first doubt."""
-    return _ok(doc, "", 1, problem, limit)
+    closer with :func:`leaves`. One walk, no concrete paths, stops at the first doubt.
+    ``fine`` may hold paths known to have no problem: they are not asked about again (a set
+    lookup instead of a call per leaf)."""
+    return _ok(doc, "", 1, problem, limit, fine)
 
 
 def _ok(
-    node: Any, spath: str, depth: int, problem: Callable[[str], str | None], limit: int
+    node: Any,
+    spath: str,
+    depth: int,
+    problem: Callable[[str], str | None],
+    limit: int,
+    fine: Container[str],
 ) -> bool:
     if depth > limit:
         return False
     if isinstance(node, dict):
         if not node:
-            return not spath or problem(spath) is None
+            return not spath or spath in fine or problem(spath) is None
         deeper = depth + 1
         for k, v in node.items():
             p = f"{spath}.{k}" if spath else str(k)
             tv = type(v)
             if tv is str or tv is int or tv is float or tv is bool or v is None:
-                if deeper > limit or problem(p) is not None:
+                if deeper > limit or (p not in fine and problem(p) is not None):
                     return False
-            elif not _ok(v, p, deeper, problem, limit):
+            elif not _ok(v, p, deeper, problem, limit, fine):
                 return False
         return True
     if isinstance(node, list):
         if not node:
-            return not spath or problem(spath) is None
+            return not spath or spath in fine or problem(spath) is None
         deeper = depth + 1
         p = f"{spath}[*]"
         for v in node:
             tv = type(v)
             if tv is str or tv is int or tv is float or tv is bool or v is None:
-                if deeper > limit or problem(p) is not None:
+                if deeper > limit or (p not in fine and problem(p) is not None):
                     return False
-            elif not _ok(v, p, deeper, problem, limit):
+            elif not _ok(v, p, deeper, problem, limit, fine):
                 return False
         return True
-    return problem(spath) is None
+    return spath in fine or problem(spath) is None
+
+
+def keep_only_checked(
+    doc: Any,
+    allowed: set[str],
+    problem: Callable[[str], str | None],
+    limit: int,
+    fine: Container[str] = frozenset(),
+) -> tuple[Any, bool]:
+    """``(out, leaves_ok(out, problem, limit))`` for ``out = keep_only(doc, allowed)``, in
+    one walk: the flow's usual case, where every record is cut down to the destination's
+    fields and then checked (``fine`` as for :func:`leaves_ok`)."""
+    bad: list[bool] = []  # not empty once a check fails (then no more checks are asked)
+    return _keep_checked(doc, "", 1, allowed, problem, limit, fine, bad), not bad
+
+
+def _keep_checked(
+    node: Any,
+    spath: str,
+    depth: int,
+    allowed: set[str],
+    problem: Callable[[str], str | None],
+    limit: int,
+    fine: Container[str],
+    bad: list[bool],
+) -> Any:
+    # The copy is keep_only's; the checks are _ok's, made on the copy.
+    if depth > limit and not bad:
+        bad.append(True)
+    deeper = depth + 1
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            p = f"{spath}.{k}" if spath else str(k)
+            if p not in allowed:
+                continue
+            tv = type(v)
+            if tv is str or tv is int or tv is float or tv is bool or v is None:
+                out[k] = v
+                if not bad and (deeper > limit or (p not in fine and problem(p) is not None)):
+                    bad.append(True)
+            else:
+                out[k] = _keep_checked(v, p, deeper, allowed, problem, limit, fine, bad)
+        if not out and spath and not bad and spath not in fine and problem(spath) is not None:
+            bad.append(True)
+        return out
+    if isinstance(node, list):
+        p = f"{spath}[*]"
+        items = []
+        for v in node:
+            tv = type(v)
+            if tv is str or tv is int or tv is float or tv is bool or v is None:
+                items.append(v)
+                if not bad and (deeper > limit or (p not in fine and problem(p) is not None)):
+                    bad.append(True)
+            else:
+                items.append(_keep_checked(v, p, deeper, allowed, problem, limit, fine, bad))
+        if not items and spath and not bad and spath not in fine and problem(spath) is not None:
+            bad.append(True)
+        return items
+    if not bad and spath not in fine and problem(spath) is not None:
+        bad.append(True)
+    return node
 
 
 def keep_only(doc: Any, allowed: set[str], prefix: str = "") -> Any:

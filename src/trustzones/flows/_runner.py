@@ -29,8 +29,9 @@ Between batches a runner carries its positions, its zones' backends and a reader
 from those positions (on Kafka a consumer that prefetches while a batch is processed); any
 failure drops them, and the next batch starts again from the stored positions.
 
-:meth:`FlowRunner.step` does one batch, steps 1-5. :meth:`FlowRunner.run` overlaps two: a
-writer thread does steps 3-5 of batch ``n`` while the calling thread does steps 1-2 of batch
+:meth:`FlowRunner.step` does one batch, steps 1-5. :meth:`FlowRunner.run` overlaps two where
+that pays (a zone on Kafka; on the embedded backend the same loop writes inline): a writer
+thread does steps 3-5 of batch ``n`` while the calling thread does steps 1-2 of batch
 ``n + 1``. Batches are still written one at a time, in source order, steps 3-5 in order, and
 each zone's backend is used by one thread at a time, so the protocol above is unchanged.
 """
@@ -41,21 +42,22 @@ import gc
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, cast
 
 import orjson
 
-from trustzones.audit.events import AuditEvent, flow_transfer
+from trustzones.audit.events import AuditEvent, CanonicalEvent, flow_transfer, flow_transfers
+from trustzones.audit.log import AuditLog
 from trustzones.config.model import FlowSpec
 from trustzones.config.schema import SchemaField
 from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.dlp.vault import ProvisionalToken, TokenVault
 from trustzones.errors import FlowError, RecordRejected, TransformError
-from trustzones.flows._paths import keep_only, leaves, leaves_ok
+from trustzones.flows._paths import keep_only_checked, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import Backend, NewRecord, Record
 from trustzones.streams.base import UNDECRYPTABLE_HEADERS, Consumer
@@ -132,7 +134,8 @@ class _Batch:
     """A decided batch, ready to be written (steps 3-5 of the module doc)."""
 
     stats: FlowStats
-    events: list[AuditEvent]
+    #: Canonical already for the SQLite audit log (see :meth:`FlowRunner._transfer_events`).
+    events: list[AuditEvent] | list[CanonicalEvent]
     quarantined: list[NewRecord]
     delivered: list[NewRecord]
     #: The source position once written, and the quarantine position.
@@ -140,6 +143,18 @@ class _Batch:
     quarantine_positions: dict[int, int]
     #: The record that blocked the flow (the batch ends with it).
     blocked: Record | None
+
+
+class _InlineExecutor(Executor):
+    """Runs each submitted call at once, on the calling thread (see ``_overlap_pays``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # raised by result(), as a pool thread's would be
+            done.set_exception(exc)
+        return done
 
 
 class FlowRunner:
@@ -199,6 +214,7 @@ class FlowRunner:
         self._dest_validator = ws.validator(self.dest_topic)
         self._allowed = self._allowed_paths()
         self._path_cache: dict[str, str | None] = {}
+        self._fine: set[str] = set()  # the cached paths without a problem
         self._levels = {name: i for i, name in enumerate(c.classifications)}
         self._src_default = c.zone_of(self.source_topic).classification
         self._dst_default = c.zone_of(self.dest_topic).classification
@@ -273,6 +289,8 @@ class FlowRunner:
                 problem = f"({scls}) would be written down untransformed into {self.dest_zone!r}"
         if len(cache) < 10_000:
             cache[spath] = problem
+            if problem is None:
+                self._fine.add(spath)
         return problem
 
     def _prepare(self, value: bytes) -> Outcome | tuple[Any, bytes]:
@@ -292,17 +310,23 @@ class FlowRunner:
             out = self._transformer.apply_record(doc, self._plan)
         except TransformError as exc:
             return Outcome("quarantine", reason=f"transform failed: {exc}")
-        if self._drop_unlisted:
-            out = keep_only(out, self._allowed)
-        if self._watermarker is not None:
-            self._watermarker.mark(out)
-        body = orjson.dumps(out)
         # Destination enforcement (invariant 3, at run time). The usual case in one walk:
         # every leaf allowed, size, depth and schema as the destination's validator decides
         # them; any doubt takes the full path below, which alone says why a record is refused.
-        if leaves_ok(out, self._path_problem, MAX_DEPTH) and self._dest_validator.accepts(
-            out, len(body)
-        ):
+        # With ``drop_unlisted`` the leaves are checked in the walk that drops the unlisted
+        # fields, before the watermark: it only rewrites hex strings as hex strings of the
+        # same length, so the checked shape, paths and types are those written.
+        fits: bool | None = None
+        if self._drop_unlisted:
+            out, fits = keep_only_checked(
+                out, self._allowed, self._path_problem, MAX_DEPTH, self._fine
+            )
+        if self._watermarker is not None:
+            self._watermarker.mark(out)
+        body = orjson.dumps(out)
+        if fits is None:
+            fits = leaves_ok(out, self._path_problem, MAX_DEPTH, self._fine)
+        if fits and self._dest_validator.accepts(out, len(body)):
             return out, body
         for spath, cpath in leaves(out):
             problem = self._path_problem(spath)
@@ -515,7 +539,13 @@ class FlowRunner:
         """Steps 3-5, in this order; the first failure stops the rest."""
         # Step 3: audit before anything takes effect (a failure to record stops the batch).
         if b.events:
-            self.ws.audit.log().append_many(b.events)
+            log = self.ws.audit.log()
+            if isinstance(log, AuditLog):
+                log.append_many(b.events)
+            else:
+                log.append_many(
+                    [e.event() if isinstance(e, CanonicalEvent) else e for e in b.events]
+                )
         # Step 4: quarantine (source zone) first, with its progress.
         if b.quarantined:
             with src.transaction(f"{self._txn_id()}.quarantine") as tx:
@@ -605,7 +635,12 @@ class FlowRunner:
         total = FlowStats()
         src, dst, reader, pos, qpos = self._begin()
         held: _Batch | None = None  # decided, not yet written
-        with ThreadPoolExecutor(1, thread_name_prefix=f"tz-flow-{self.name}") as writer:
+        pool: Executor = (
+            ThreadPoolExecutor(1, thread_name_prefix=f"tz-flow-{self.name}")
+            if self._overlap_pays()
+            else _InlineExecutor()
+        )
+        with pool as writer:
             try:
                 checked = True  # _begin checked the flow's rights
                 while not should_stop():
@@ -653,6 +688,16 @@ class FlowRunner:
         total.lag = self.lag()
         return total
 
+    def _overlap_pays(self) -> bool:
+        """Whether :meth:`_run` writes on a thread of its own: only when a zone it writes to
+        is on Kafka, where the writer mostly waits for the brokers without the GIL. On the
+        embedded backend both threads need the GIL nearly all the time, and each SQLite call
+        of the writer gives it up and waits to get it back, so overlapping slows both
+        (benchmarks/flows.py ran 10-25% slower with the writer thread than without)."""
+        c = self.ws.config
+        backends = [c.zones[self.source_zone].backend, c.zones[self.dest_zone].backend]
+        return any(b.type != "embedded" for b in (*backends, c.file.audit.backend))
+
     # -- helpers --------------------------------------------------------------------------
     def _lineage(self, r: Record) -> tuple[tuple[str, bytes], ...]:
         return (
@@ -674,11 +719,30 @@ class FlowRunner:
             ),
         )
 
-    def _transfer_events(self, done: list[tuple[Record, Outcome]]) -> list[AuditEvent]:
+    def _transfer_events(
+        self, done: list[tuple[Record, Outcome]]
+    ) -> list[AuditEvent] | list[CanonicalEvent]:
         """One ``flow_transfer`` event per record read, where the source zone audits per
-        message (none elsewhere); appended in one ``append_many`` call (step 3)."""
+        message (none elsewhere); appended in one ``append_many`` call (step 3). For the
+        SQLite audit log they are made canonical here, in one batch (the fields the records
+        share are checked once); other logs take the event models."""
         if not self._audit_each or not done:
             return []
+        if isinstance(self.ws.audit.log(), AuditLog):
+            return flow_transfers(
+                [
+                    (r.partition, r.offset, r.value, "allow", None)
+                    if o.kind == "deliver"
+                    else (r.partition, r.offset, r.value, "quarantine", o.reason[:200])
+                    for r, o in done
+                ],
+                flow=self.name,
+                principal=self.spec.principal,
+                source_zone=self.source_zone,
+                source_topic=self.source_topic,
+                destination_zone=self.dest_zone,
+                destination_topic=self.dest_topic,
+            )
         event = partial(
             flow_transfer,
             flow=self.name,
