@@ -64,10 +64,12 @@ def test_per_message_zone_audits_every_record_without_its_content(workspace_dir:
 
 
 CLICK = {"event_id": "e", "timestamp": "2026-11-28T10:00:00Z", "session_id": "s", "page": "/"}
-# The next full hour: a multiple of the window since the epoch, and later than the real time at
-# which `init` enrolled the profile's TOTP secrets (a code from before that moment would be
-# refused as a replay, so a fixed date here broke once the real clock passed it).
-T0 = datetime.fromtimestamp((int(time.time()) // 3600 + 1) * 3600, UTC)
+def next_hour() -> datetime:
+    """The next full hour after now: a multiple of the window since the epoch, and later than
+    the real time at which the ``workspace_dir`` fixture ran ``init`` and enrolled the profile's
+    TOTP secrets (a code from before that moment is refused as a replay). Taken when the test
+    runs, not when the module is imported: the suite may reach this test minutes later."""
+    return datetime.fromtimestamp((int(time.time()) // 3600 + 1) * 3600, UTC)
 
 
 def stamp(t: datetime) -> str:
@@ -75,8 +77,8 @@ def stamp(t: datetime) -> str:
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = T0
+    def __init__(self, start: datetime) -> None:
+        self.now = start
 
     def __call__(self) -> datetime:
         return self.now
@@ -91,7 +93,8 @@ def set_window(workspace_dir: Path, seconds: int) -> None:
 
 def test_aggregate_zone_counts_records_per_time_window(workspace_dir: Path) -> None:
     set_window(workspace_dir, 10)
-    clock = Clock()
+    t0 = next_hour()
+    clock = Clock(t0)
     value = orjson.dumps(CLICK)
     with Workspace.open(clock=clock) as ws:
         # window [0 s, 10 s): 5 + 3 produced, 8 consumed in two polls
@@ -104,7 +107,7 @@ def test_aggregate_zone_counts_records_per_time_window(workspace_dir: Path) -> N
         assert consumed == 8
         assert not [e for e in events_so_far(ws) if e["type"] == AGGREGATE]
         # window [20 s, 30 s): 2 produced; this record closes the first window
-        clock.now = T0 + timedelta(seconds=25)
+        clock.now = t0 + timedelta(seconds=25)
         ws.produce("analytics.clickstream", [value] * 2, principal="clickstream-service")
         first = [e for e in events_so_far(ws) if e["type"] == AGGREGATE]
         assert sorted((e["data"]["action"], e["data"]["count"]) for e in first) == [  # type: ignore[index]
@@ -117,9 +120,9 @@ def test_aggregate_zone_counts_records_per_time_window(workspace_dir: Path) -> N
         (a["action"], a["window_start"], a["count"], a["bytes"])
         for a in aggs  # type: ignore[index]
     ) == [
-        ("consume", stamp(T0), 8, 8 * len(value)),
-        ("produce", stamp(T0), 8, 8 * len(value)),
-        ("produce", stamp(T0 + timedelta(seconds=20)), 2, 2 * len(value)),
+        ("consume", stamp(t0), 8, 8 * len(value)),
+        ("produce", stamp(t0), 8, 8 * len(value)),
+        ("produce", stamp(t0 + timedelta(seconds=20)), 2, 2 * len(value)),
     ]
     produced = [a for a in aggs if a["action"] == "produce"]  # type: ignore[index]
     assert {a["principal"] for a in produced} == {"clickstream-service"}  # type: ignore[index]
