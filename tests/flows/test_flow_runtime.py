@@ -162,6 +162,23 @@ def test_untransformed_field_above_destination_is_refused_at_run_time(ws: Worksp
     )
 
 
+def test_an_object_emptied_by_the_transforms_is_refused_like_any_leaf(ws: Workspace) -> None:
+    """The destination schema is closed, so the runner lets it decide instead of walking
+    every leaf; an object left empty (a leaf the schema allows but the classification check
+    refuses) is still caught, with the walk's own reason."""
+    runner = open_flow(ws, FLOW)
+    assert runner._closed_ok  # the shortcut is in use for the example flow
+    out = runner.decide(payment(1, card={"cvv": "123", "expiry": "12/29"}))
+    assert (out.kind, out.reason) == (
+        "quarantine",
+        "field card (restricted) would be written down untransformed into 'analytics'",
+    )
+    assert runner.decide(payment(1, card={"brand": "visa"})).kind == "deliver"
+    runner._closed_ok = False  # the walk alone decides the same
+    out2 = runner.decide(payment(1, card={"cvv": "123", "expiry": "12/29"}))
+    assert (out2.kind, out2.reason) == (out.kind, out.reason)
+
+
 def test_unparseable_source_record_is_quarantined(ws: Workspace) -> None:
     out = open_flow(ws, FLOW).decide(b"{broken")
     assert (out.kind, out.reason) == ("quarantine", "source record is not valid JSON")

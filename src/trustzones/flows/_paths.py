@@ -188,3 +188,76 @@ def keep_only(doc: Any, allowed: set[str], prefix: str = "") -> Any:
     if isinstance(doc, list):
         return [keep_only(v, allowed, f"{prefix}[*]") for v in doc]
     return doc
+
+
+#: Keywords that only narrow the value they sit on (or annotate it): they never let a valid
+#: record hold a field or an item the schema does not name. Anything else (``$ref``,
+#: ``anyOf``, ``patternProperties``, ``unevaluatedProperties``, ``prefixItems``...) makes
+#: :func:`closed_leaf_paths` give up. ``x-`` annotations (``x-classification``) narrow nothing
+#: and are allowed too.
+_NARROWING = frozenset(
+    {
+        "$schema", "$id", "$comment", "title", "description", "default", "examples",
+        "deprecated", "readOnly", "writeOnly", "type", "enum", "const", "format",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minLength", "maxLength", "pattern", "required", "minProperties", "maxProperties",
+        "minItems", "maxItems", "uniqueItems", "properties", "additionalProperties", "items",
+    }
+)  # fmt: skip
+_SCALARS = frozenset({"string", "number", "integer", "boolean", "null"})
+
+
+def closed_leaf_paths(schema: Any, limit: int) -> dict[str, bool] | None:
+    """Every schema path at which a record valid against ``schema`` can have a leaf (as
+    :func:`leaves` names them: scalars, and empty objects or arrays), when the schema proves
+    that no other leaf exists and nothing is nested deeper than ``limit`` (as
+    :func:`leaves_ok` counts); else None. Each path maps to True when a value there is a leaf
+    only if it is an empty object or array (the schema allows nothing else there).
+
+    It proves that only when every value it allows is typed, every object lists its
+    properties and sets ``additionalProperties: false``, every array types its items the same
+    way, and only keywords that narrow a value appear (``_NARROWING``). Anything else, even if
+    it could be proven closed by a longer argument, gives None: the caller then walks the
+    record."""
+    if not isinstance(schema, dict) or "object" not in _types(schema):
+        return None
+    out: dict[str, bool] = {}
+    if not _closed(schema, "", 1, limit, out):
+        return None
+    return out
+
+
+def _types(node: dict[str, Any]) -> frozenset[str]:
+    t = node.get("type")
+    if isinstance(t, str):
+        return frozenset((t,))
+    if isinstance(t, list) and all(isinstance(x, str) for x in t):
+        return frozenset(t)
+    return frozenset()
+
+
+def _closed(node: Any, spath: str, depth: int, limit: int, out: dict[str, bool]) -> bool:
+    """Whether ``node`` (the schema of a value at ``spath``, ``depth``) is closed; adds the
+    leaf paths it allows to ``out``."""
+    if not isinstance(node, dict) or depth > limit:
+        return False
+    # ``x-`` keywords are ours (``x-classification``): annotations, which validate nothing.
+    if not all(k in _NARROWING or (isinstance(k, str) and k.startswith("x-")) for k in node):
+        return False
+    types = _types(node)
+    if not types or not types <= _SCALARS | {"object", "array"}:
+        return False
+    if spath:  # a scalar, or an empty object or array, is a leaf here (the root is not)
+        out[spath] = types <= {"object", "array"}
+    if "object" in types:
+        props = node.get("properties", {})
+        if node.get("additionalProperties") is not False or not isinstance(props, dict):
+            return False
+        for key, sub in props.items():
+            if not _closed(sub, f"{spath}.{key}" if spath else str(key), depth + 1, limit, out):
+                return False
+    elif "properties" in node or "additionalProperties" in node:
+        return False  # only meaningful on objects: keep the proof simple
+    if "array" in types:
+        return _closed(node.get("items"), f"{spath}[*]", depth + 1, limit, out)
+    return "items" not in node

@@ -57,7 +57,7 @@ from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.dlp.vault import ProvisionalToken, TokenVault
 from trustzones.errors import FlowError, RecordRejected, TransformError
-from trustzones.flows._paths import keep_only_checked, leaves, leaves_ok
+from trustzones.flows._paths import closed_leaf_paths, keep_only_checked, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import Backend, NewRecord, Record
 from trustzones.streams.base import UNDECRYPTABLE_HEADERS, Consumer
@@ -226,6 +226,18 @@ class FlowRunner:
             ("tz.source.topic", self.source_topic.encode()),
         )
         self._lineage_tail = (("tz.flow", flow.encode()), ("tz.policy", self.policy.encode()))
+        # A record that the destination schema accepts needs no walk of its leaves when the
+        # schema names every leaf a valid record can have and none of those has a problem,
+        # but for objects that are leaves only when empty (``card: {}``): those few are
+        # looked up in each record (see :meth:`_schema_decides`).
+        self._closed_ok = False
+        self._if_not_empty: tuple[tuple[str, ...], ...] = ()
+        closed = closed_leaf_paths(self._dest_validator.schema, MAX_DEPTH)
+        if closed is not None:
+            refused = [p for p, only_empty in closed.items() if self._path_problem(p)]
+            if all(closed[p] and "[" not in p for p in refused):
+                self._closed_ok = True
+                self._if_not_empty = tuple(tuple(p.split(".")) for p in refused)
 
     # -- setup ----------------------------------------------------------------------------
     def _allowed_paths(self) -> set[str]:
@@ -325,7 +337,9 @@ class FlowRunner:
             self._watermarker.mark(out)
         body = orjson.dumps(out)
         if fits is None:
-            fits = leaves_ok(out, self._path_problem, MAX_DEPTH, self._fine)
+            fits = self._schema_decides(out) or leaves_ok(
+                out, self._path_problem, MAX_DEPTH, self._fine
+            )
         if fits and self._dest_validator.accepts(out, len(body)):
             return out, body
         for spath, cpath in leaves(out):
@@ -340,6 +354,23 @@ class FlowRunner:
                 "quarantine", reason=f"output breaks the destination schema{where}: {rej.reason}"
             )
         return out, body
+
+    def _schema_decides(self, out: Any) -> bool:
+        """Whether the destination schema's verdict on ``out`` is also the leaf check's: the
+        schema is closed (see ``__init__``) and none of the objects that would be refused
+        as empty leaves is empty in ``out``."""
+        if not self._closed_ok:
+            return False
+        for keys in self._if_not_empty:
+            node = out
+            for k in keys:
+                if type(node) is not dict or k not in node:
+                    break
+                node = node[k]
+            else:
+                if node == {} or node == []:
+                    return False
+        return True
 
     def _finish(self, out: Any, body: bytes, scanned: list[Finding]) -> Outcome:
         dlp = self.spec.dlp
