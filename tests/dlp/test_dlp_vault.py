@@ -159,6 +159,15 @@ def test_batch_commits_new_tokens_when_the_block_ends(tmp_path: Path) -> None:
         assert vault.detokenize(b, domain="d") == "bob-123456"
 
 
+def test_a_committed_token_is_synced_to_disk(tmp_path: Path) -> None:
+    """Tokens must survive a power cut once committed: a flow writes records that carry them
+    right after, into another file that syncs its own commits. In WAL mode only
+    ``synchronous=FULL`` (2) syncs the log at each commit."""
+    with TokenVault(tmp_path / "v.db", cipher=aesgcm_cipher(KEY)) as vault:
+        assert vault._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert vault._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
 def test_batch_that_raises_keeps_none_of_its_tokens(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:

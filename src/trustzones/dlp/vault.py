@@ -483,7 +483,10 @@ class TokenVault:
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a committed token is on disk before anything that carries it is written
+            # (NORMAL could lose the last commits to a power cut while the destination,
+            # which syncs its own, keeps records whose tokens then never existed).
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS tokens ("
                 " domain TEXT NOT NULL,"
