@@ -351,7 +351,7 @@ def _ascii_preserving_token(value: str, keep_last: int) -> str:
             break
     nd, nl, nu = shape.counts
     x, d = divmod(x, shape.digit_space)
-    digits = f"{d:0{nd}d}" if nd else ""
+    digits = str(d).zfill(nd) if nd else ""
     if shape.luhn:
         # All the letters and digits are digits, the random ones first: the token's digits
         # are ``digits`` and the kept tail's. Change the last random digit so that the
@@ -413,6 +413,9 @@ class _NewValue(NamedTuple):
     def __repr__(self) -> str:  # never the value
         return f"_NewValue(domain={self.domain!r}, format={self.format!r})"
 
+
+#: Builds a :class:`_NewValue` from a tuple without the named tuple's Python-level ``__new__``.
+_NEW = tuple.__new__
 
 #: A provisional token: (domain, token).
 ProvisionalToken = tuple[str, str]
@@ -677,10 +680,13 @@ class TokenVault:
                     if self._provisional and (domain, token) in self._provisional:
                         self._taken.append((domain, token))
                     return token
-                if self._provisional is not None and not self._lookup_first:
+                provisional = self._provisional
+                if provisional is not None and not self._lookup_first:
                     # Mostly new values lately: settling finds the few that exist.
-                    new = _NewValue(value, domain, fp, format, prefix, keep_last, scanner)
-                    return self._tokenize_in_batch(new)
+                    if self._batch_error is not None:
+                        raise TransformError(f"domain {domain!r}: the token vault batch has failed")
+                    new = _NEW(_NewValue, (value, domain, fp, format, prefix, keep_last, scanner))
+                    return self._provisional_token(provisional, new, ck)
             row = self._db.execute(
                 "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, fp)
             ).fetchone()
@@ -727,14 +733,7 @@ class TokenVault:
         try:
             provisional = self._provisional
             if provisional is not None:
-                # Not checked, not looked up or stored yet: see provisional_batch.
-                token = self._new_token(new, check=False)
-                while (domain, token) in provisional:  # unique within the batch
-                    token = self._new_token(new, check=False)
-                provisional[(domain, token)] = new
-                self._pending[ck] = token
-                self._taken.append((domain, token))
-                return token
+                return self._provisional_token(provisional, new, ck)
             if not self._in_tx:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._in_tx = True
@@ -755,6 +754,24 @@ class TokenVault:
                 f"({type(exc).__name__})"
             ) from None
         self._pending[ck] = token
+        return token
+
+    def _provisional_token(
+        self,
+        provisional: dict[tuple[str, str], _NewValue],
+        new: _NewValue,
+        ck: tuple[str, bytes],
+    ) -> str:
+        """A new provisional token for ``new``: not checked, not looked up or stored yet
+        (see :meth:`provisional_batch`). Called with the lock held."""
+        domain = new.domain
+        token = self._new_token(new, check=False)
+        while (domain, token) in provisional:  # unique within the batch
+            token = self._new_token(new, check=False)
+        key = (domain, token)
+        provisional[key] = new
+        self._pending[ck] = token
+        self._taken.append(key)
         return token
 
     def _store_checked(self, new: _NewValue) -> str:
