@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import orjson
+import pytest
 from flow_helpers import all_records, approve, payment
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,6 +112,94 @@ def test_a_zone_without_per_message_audit_gets_no_transfer_events(workspace_dir:
         ]
         assert per_record == []
         assert len(all_records(w, "analytics.transactions")) == 1
+
+
+def test_a_batch_is_audited_in_one_transaction_before_it_is_written(
+    ws: Workspace, monkeypatch: Any
+) -> None:
+    """The rights checks, the batch summary and the per-record events of a batch go to the
+    audit log together, in one durable append, before anything of the batch is written."""
+    approve(ws)
+    ws.produce("payments.transactions", _events(ws, 30, seed=8), principal="payments-service")
+    quarantine = "tz.quarantine.payments-to-analytics"
+
+    def moved() -> int:  # records in the destination and the quarantine so far
+        held = all_records(ws, quarantine, "payments") if quarantine in _topics(ws) else []
+        return len(all_records(ws, "analytics.transactions")) + len(held)
+
+    log = ws.audit.log()
+    real = log.append_many
+    appends: list[tuple[list[str], int]] = []
+
+    def spying(evs: Any) -> Any:
+        # A CanonicalEvent (the per-record events) or an AuditEvent (everything else).
+        kinds = [e.event().type if hasattr(e, "event") else e.type for e in evs]
+        appends.append((kinds, moved()))
+        return real(evs)
+
+    runner = open_flow(ws, FLOW)
+    runner.prepare()
+    monkeypatch.setattr(log, "append_many", spying)
+    for _ in range(3):
+        assert runner.step(10).read == 10
+    # One append a batch (writing may record events of its own, such as a new data key).
+    batches = [(k, m) for k, m in appends if "io.trustzones.flow.transfer" in k]
+    assert len(batches) == 3
+    for i, (kinds, moved_before) in enumerate(batches):
+        assert moved_before == 10 * i  # nothing of this batch written yet
+        assert kinds.count("io.trustzones.access.decision") == 2  # the rights checks
+        # The batch summary and one event per record.
+        assert kinds.count("io.trustzones.flow.transfer") == 1 + 10
+    assert moved() == 30
+
+
+def test_rights_checks_are_recorded_even_when_the_batch_fails(
+    ws: Workspace, monkeypatch: Any
+) -> None:
+    approve(ws)
+    ws.produce("payments.transactions", _events(ws, 5, seed=9), principal="payments-service")
+    runner = open_flow(ws, FLOW)
+    reader = AuditReader(ws.audit.db, principal="auditor", authorize=lambda _p, _op: True)
+
+    def checks() -> int:
+        found = reader.search(principal="flow-payments-to-analytics", limit=1000)
+        return sum(e.event.type == "io.trustzones.access.decision" for e in found)
+
+    before = checks()
+
+    def failing(*_a: Any) -> Any:
+        raise RuntimeError("the batch could not be decided")
+
+    monkeypatch.setattr(runner, "_decide_batch", failing)
+    with pytest.raises(RuntimeError):
+        runner.step(10)
+    assert checks() == before + 2  # read and write rights, checked and recorded
+    assert runner._carry is None
+    with pytest.raises(RuntimeError):
+        runner.run(once=True)
+    assert checks() == before + 6  # prepare's two checks and _begin's two
+    # A batch decided but not written: its rights checks are recorded all the same.
+    monkeypatch.undo()
+    runner = open_flow(ws, FLOW)
+
+    def not_writing(*_a: Any) -> Any:
+        raise RuntimeError("the batch could not be written")
+
+    monkeypatch.setattr(runner, "_write_batch", not_writing)
+    with pytest.raises(RuntimeError):
+        runner.step(10)
+    assert checks() == before + 8
+    assert runner._carry is None
+    with pytest.raises(RuntimeError):
+        runner.run(once=True)
+    # prepare, _begin (carried by the batch that failed to write) and the second round
+    assert checks() == before + 14
+    assert runner._carry is None
+
+
+def _topics(ws: Workspace) -> set[str]:
+    b = ws.backend("payments")
+    return {t for t in ("tz.quarantine.payments-to-analytics",) if b.partition_count(t)}
 
 
 # -- the watermark ----------------------------------------------------------------------

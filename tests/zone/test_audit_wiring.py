@@ -64,6 +64,8 @@ def test_per_message_zone_audits_every_record_without_its_content(workspace_dir:
 
 
 CLICK = {"event_id": "e", "timestamp": "2026-11-28T10:00:00Z", "session_id": "s", "page": "/"}
+
+
 def next_hour() -> datetime:
     """The next full hour after now: a multiple of the window since the epoch, and later than
     the real time at which the ``workspace_dir`` fixture ran ``init`` and enrolled the profile's
@@ -212,3 +214,51 @@ def test_cli_verify_detects_an_edited_event(workspace_dir: Path) -> None:
     )
     assert bad.returncode == 1
     assert "entry 1" in bad.stderr, bad.stderr
+
+
+def test_deferred_events_are_appended_together_when_the_block_ends(
+    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Workspace.open() as ws:
+        log = ws.audit.log()
+        appends: list[int] = []
+        real = log.append_many
+
+        def counting(evs: Any) -> Any:
+            appends.append(len(evs))
+            return real(evs)
+
+        monkeypatch.setattr(log, "append_many", counting)
+        before = len(events_so_far(ws))
+        with ws.audit.deferred() as pending:
+            ws.emit("test.first", {"principal": "payments-service", "resource": "r1"})
+            with ws.audit.deferred() as inner:  # nested: the same list
+                assert inner is pending
+                ws.emit("test.second", {"principal": "payments-service", "resource": "r2"})
+            assert len(pending) == 2
+            assert len(events_so_far(ws)) == before  # nothing recorded yet
+        kinds = [e["type"] for e in events_so_far(ws)[before:]]
+        assert kinds == ["io.trustzones.test.first", "io.trustzones.test.second"]
+        assert appends == [2]  # one transaction for both
+
+        # A block that raises still records what it collected.
+        with pytest.raises(RuntimeError), ws.audit.deferred():
+            ws.emit("test.third", {"principal": "payments-service", "resource": "r3"})
+            raise RuntimeError("the action failed")
+        assert events_so_far(ws)[-1]["type"] == "io.trustzones.test.third"
+        # Outside a block every event is its own transaction, as before.
+        ws.emit("test.fourth", {"principal": "payments-service", "resource": "r4"})
+        assert appends == [2, 1, 1]
+
+
+def test_a_deferred_event_that_cannot_be_recorded_fails_the_block(workspace_dir: Path) -> None:
+    with Workspace.open() as ws:
+        log = ws.audit.log()
+
+        def broken(_evs: Any) -> Any:
+            raise OSError("disk full")
+
+        log.append_many = broken  # type: ignore[method-assign]
+        with pytest.raises(AuditError, match="could not record 1 deferred events"):
+            with ws.audit.deferred():
+                ws.emit("test.lost", {"principal": "payments-service", "resource": "r"})

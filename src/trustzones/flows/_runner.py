@@ -41,8 +41,9 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, cast
@@ -56,7 +57,7 @@ from trustzones.config.schema import SchemaField
 from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.dlp.vault import ProvisionalToken, TokenVault
-from trustzones.errors import FlowError, RecordRejected, TransformError
+from trustzones.errors import AuditError, FlowError, RecordRejected, TransformError
 from trustzones.flows._paths import closed_leaf_paths, keep_only_checked, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import Backend, NewRecord, Record
@@ -134,7 +135,11 @@ class _Batch:
     """A decided batch, ready to be written (steps 3-5 of the module doc)."""
 
     stats: FlowStats
-    #: Canonical already for the SQLite audit log (see :meth:`FlowRunner._transfer_events`).
+    #: The audit events carried to this batch (see :meth:`FlowRunner._deferring`): the
+    #: rights checks since the last batch and this batch's summary.
+    carried: list[AuditEvent]
+    #: Per-record events (canonical already for the SQLite audit log, see
+    #: :meth:`FlowRunner._transfer_events`); appended with ``carried``, in one transaction.
     events: list[AuditEvent] | list[CanonicalEvent]
     quarantined: list[NewRecord]
     delivered: list[NewRecord]
@@ -143,6 +148,8 @@ class _Batch:
     quarantine_positions: dict[int, int]
     #: The record that blocked the flow (the batch ends with it).
     blocked: Record | None
+    #: Set once its events are in the audit log (step 3).
+    audited: bool = False
 
 
 class _InlineExecutor(Executor):
@@ -169,6 +176,9 @@ class FlowRunner:
     """
 
     partitions: tuple[int, ...] | None = None
+    #: Audit events recorded on the running thread (rights checks, withheld source records)
+    #: that the next batch appends together with its own, before it writes anything.
+    _carry: list[AuditEvent] | None = None
     _cursor: tuple[dict[int, int], dict[int, int]] | None = None  # (position, quarantine position)
     _reader: Consumer | None = None  # reads on from the position of ``_cursor``
     _zones: tuple[Backend, Backend] | None = None  # (source, destination) while carried
@@ -465,10 +475,14 @@ class FlowRunner:
     # -- a batch --------------------------------------------------------------------------
     def step(self, max_records: int = 500) -> FlowStats:
         """Process up to ``max_records``; returns what happened. Raises FlowBlocked."""
-        src, dst, reader, pos, qpos = self._begin()
+        with self._deferring():
+            src, dst, reader, pos, qpos = self._begin()
+        b: _Batch | None = None
         try:
-            records = reader.poll(max_records)
+            with self._deferring():
+                records = reader.poll(max_records)
             if not records:
+                self._flush_carry()
                 self._cursor = (pos, qpos)
                 stats = FlowStats()
             else:
@@ -476,6 +490,7 @@ class FlowRunner:
                 self._write_batch(b, src, dst)
                 stats = self._written(b)
         except BaseException:
+            self._recarry([b])
             self._drop(reader)
             raise
         self._reader, self._zones = reader, (src, dst)
@@ -510,10 +525,50 @@ class FlowRunner:
         return src, dst, reader, pos, qpos
 
     def _drop(self, reader: Consumer | None) -> None:
-        """Forget what the runner carries: the next batch starts from the stored positions."""
+        """Forget what the runner carries: the next batch starts from the stored positions.
+        The carried audit events are appended now (if that fails too, the error that made
+        the runner drop its state is the one raised)."""
         self._cursor = self._reader = self._zones = None
         if reader is not None:
             _close(reader)
+        with suppress(AuditError):
+            self._flush_carry()
+
+    @contextmanager
+    def _deferring(self) -> Iterator[None]:
+        """Carry the audit events recorded in the block on to the next batch's append (one
+        durable transaction a batch instead of one per event). If the block raises, its
+        events and those carried so far are appended at once (the workspace's deferred
+        block appends what is left in its list)."""
+        with self.ws.audit.deferred() as pending:
+            try:
+                yield
+            except BaseException:
+                pending[:0] = self._take_carry()
+                raise
+            if pending:
+                if self._carry is None:
+                    self._carry = []
+                self._carry += pending
+                pending.clear()
+
+    def _recarry(self, batches: Sequence[_Batch | None]) -> None:
+        """Carry again the events of decided batches that never reached the audit log (the
+        rights checks they carry did happen); :meth:`_drop` then appends them."""
+        lost: dict[int, _Batch] = {id(b): b for b in batches if b is not None and not b.audited}
+        again = [e for b in lost.values() for e in b.carried]
+        if again:
+            self._carry = again + (self._carry or [])
+
+    def _take_carry(self) -> list[AuditEvent]:
+        carry, self._carry = self._carry, None
+        return carry or []
+
+    def _flush_carry(self) -> None:
+        """Append the carried audit events now (there is no batch to carry them)."""
+        carry = self._take_carry()
+        if carry:
+            self.ws.audit.log().append_many(carry)
 
     def _decide_batch(
         self, records: list[Record], pos: dict[int, int], qpos: dict[int, int]
@@ -556,8 +611,23 @@ class FlowRunner:
         stats.read = len(done)
         stats.delivered = len(delivered)
         stats.batches = 1
+        # The batch's summary is recorded with its per-message events, before it is written
+        # (as they are): a batch that then fails to write has an attempt on record.
+        with self._deferring():
+            self._emit(
+                "flow.transfer",
+                {
+                    "flow": self.name,
+                    "read": stats.read,
+                    "delivered": stats.delivered,
+                    "quarantined": stats.quarantined,
+                    "redacted": stats.redacted,
+                    "positions": new_pos,
+                },
+            )
         return _Batch(
             stats=stats,
+            carried=self._take_carry(),  # the rights checks and the summary
             events=self._transfer_events(done),
             quarantined=quarantined,
             delivered=delivered,
@@ -569,14 +639,14 @@ class FlowRunner:
     def _write_batch(self, b: _Batch, src: Backend, dst: Backend) -> None:
         """Steps 3-5, in this order; the first failure stops the rest."""
         # Step 3: audit before anything takes effect (a failure to record stops the batch).
-        if b.events:
+        if b.carried or b.events:
             log = self.ws.audit.log()
             if isinstance(log, AuditLog):
-                log.append_many(b.events)
+                log.append_many([*b.carried, *b.events])
             else:
-                log.append_many(
-                    [e.event() if isinstance(e, CanonicalEvent) else e for e in b.events]
-                )
+                models = (e.event() if isinstance(e, CanonicalEvent) else e for e in b.events)
+                log.append_many([*b.carried, *models])
+            b.audited = True
         # Step 4: quarantine (source zone) first, with its progress.
         if b.quarantined:
             with src.transaction(f"{self._txn_id()}.quarantine") as tx:
@@ -592,17 +662,6 @@ class FlowRunner:
         """Carry a written batch's positions forward; report it; stop if it blocked."""
         self._cursor = (b.positions, b.quarantine_positions)
         stats = b.stats
-        self._emit(
-            "flow.transfer",
-            {
-                "flow": self.name,
-                "read": stats.read,
-                "delivered": stats.delivered,
-                "quarantined": stats.quarantined,
-                "redacted": stats.redacted,
-                "positions": b.positions,
-            },
-        )
         if b.blocked is not None:
             # The reader has gone past the blocked record: start again from the positions.
             self._cursor = None
@@ -636,7 +695,8 @@ class FlowRunner:
           (the writer thread's SQLite or Kafka calls) waits for the busy other thread to
           hand it back, up to a whole interval (5 ms by default) per call.
         """
-        self.prepare()
+        with self._deferring():
+            self.prepare()
         freeze = gc.get_freeze_count() == 0
         if freeze:
             gc.freeze()
@@ -664,8 +724,10 @@ class FlowRunner:
         only while the writer is idle. A failure of either stops both, and the runner starts
         again from the stored positions (as after a crash)."""
         total = FlowStats()
-        src, dst, reader, pos, qpos = self._begin()
+        with self._deferring():
+            src, dst, reader, pos, qpos = self._begin()
         held: _Batch | None = None  # decided, not yet written
+        nxt: _Batch | None = None
         pool: Executor = (
             ThreadPoolExecutor(1, thread_name_prefix=f"tz-flow-{self.name}")
             if self._overlap_pays()
@@ -675,11 +737,14 @@ class FlowRunner:
             try:
                 checked = True  # _begin checked the flow's rights
                 while not should_stop():
-                    if not checked:
-                        self.ws.authorize(self.spec.principal, "read", self.source_topic)
-                        self.ws.authorize(self.spec.principal, "write", self.dest_topic)
-                    checked = False
-                    records = reader.poll(batch)
+                    with self._deferring():
+                        if not checked:
+                            self.ws.authorize(self.spec.principal, "read", self.source_topic)
+                            self.ws.authorize(self.spec.principal, "write", self.dest_topic)
+                        checked = False
+                        records = reader.poll(batch)
+                    if not records:
+                        self._flush_carry()
                     writing = (
                         None if held is None else writer.submit(self._write_batch, held, src, dst)
                     )
@@ -712,7 +777,9 @@ class FlowRunner:
                 if held is not None:
                     self._write_batch(held, src, dst)
                     total.add(self._written(held))
+                self._flush_carry()  # stopped before a batch took them
             except BaseException:
+                self._recarry([held, nxt])
                 self._drop(reader)
                 raise
         self._reader, self._zones = reader, (src, dst)

@@ -14,7 +14,9 @@ a digest. An event that cannot be recorded raises, so the action it describes do
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +85,7 @@ class WorkspaceAudit:
         self._clock = clock
         self._log: AuditLog | KafkaAuditLog | None = None
         self._windows: RecordWindows | None = None
+        self._local = threading.local()  # .deferred: the events a deferred() block collects
 
     @property
     def origin(self) -> str:
@@ -218,9 +221,48 @@ class WorkspaceAudit:
             extra=extra,
         )
 
+    @contextmanager
+    def deferred(self) -> Iterator[list[AuditEvent]]:
+        """Collect the events recorded on this thread inside the block instead of appending
+        each one (a durable transaction apiece).
+
+        For a caller that appends events of its own before the actions the collected ones
+        describe take effect (a flow: before it writes a batch): it takes the collected
+        events out of the yielded list and appends them together with its own, in one
+        transaction. Whatever is still in the list when the block ends is appended then; if
+        that fails the block raises :class:`~trustzones.errors.AuditError`. Nested blocks
+        collect into the outermost one's list. Events are still built (and checked) when
+        they are recorded, so a bad event fails where it happens.
+        """
+        outer = getattr(self._local, "deferred", None)
+        if outer is not None:
+            yield outer
+            return
+        pending: list[AuditEvent] = []
+        self._local.deferred = pending
+        try:
+            yield pending
+        finally:
+            self._local.deferred = None
+            if pending:
+                events, pending[:] = list(pending), []
+                try:
+                    self.log().append_many(events)
+                except AuditError:
+                    raise
+                except Exception as exc:  # fail closed, as record() does
+                    raise AuditError(
+                        f"could not record {len(events)} deferred events in the audit log: {exc}"
+                    ) from exc
+
     def record(self, kind: str, data: Mapping[str, Any]) -> None:
         try:
-            self.log().append(self.event(kind, data))
+            event = self.event(kind, data)
+            deferred = getattr(self._local, "deferred", None)
+            if deferred is not None:  # see deferred()
+                deferred.append(event)
+                return
+            self.log().append(event)
         except AuditError:
             raise
         except Exception as exc:  # fail closed: an unrecorded action does not go on
