@@ -8,7 +8,9 @@
 //!    `repr(float)`) without calling Python.
 //! 2. One lazy-DFA pass (`regex-automata`, all rules' prefilters and the keyword patterns
 //!    as one multi-pattern automaton, overlapping matches) over the buffer says which
-//!    pattern fired in which field: the role Hyperscan plays in the Hyperscan engine.
+//!    pattern fired in which field: the role Hyperscan plays in the Hyperscan engine. The
+//!    walk of a DFA waits on its table loads, so a buffer of several fields is cut at field
+//!    boundaries into three runs walked in step (no pattern matches NUL).
 //! 3. In those fields only, each fired rule's own expression (leftmost-first, the match
 //!    Python's backtracking `re` finds; a bare forward/reverse lazy DFA per rule with its
 //!    cache in the scratch, the `regex` crate as fallback) gives the candidates;
@@ -24,8 +26,9 @@ use pyo3::exceptions::{PyRecursionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use regex::bytes::{Regex, RegexBuilder};
-use regex_automata::hybrid::dfa::{Cache, OverlappingState, DFA};
+use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::hybrid::regex::{Cache as HybridCache, Regex as HybridRegex};
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::nfa::thompson;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
@@ -39,6 +42,8 @@ const NONE: u32 = u32::MAX;
 /// deep is refused rather than risking the native stack.
 const MAX_DEPTH: usize = 2000;
 const NORM_CACHE_LIMIT: usize = 65_536;
+/// The searches `Engine::fire_lanes` runs in step.
+const LANES: usize = 3;
 const CTX_CACHE_LIMIT: usize = 16_384;
 
 struct Rule {
@@ -74,7 +79,13 @@ struct Scratch {
     /// key itself was scanned and held nothing (it need not be scanned again there). A key
     /// is only added once it is known to hold no finding (or keys are not scanned), so a
     /// sensitive key is never kept here.
-    ctx: FxHashMap<Box<[u8]>, KeyInfo>,
+    ctx: FxHashMap<Box<[u8]>, u32>,
+    /// The `KeyInfo` of each key of `ctx`, by its index there.
+    infos: Vec<KeyInfo>,
+    /// The same keys by the address of a `str` object that holds one (kept alive here, so
+    /// the address names that text): decoders such as orjson hand out one object per key,
+    /// and a pointer is cheaper to look up than the text.
+    by_ptr: FxHashMap<usize, (Py<PyString>, u32)>,
     /// Buffers of the last batch, kept for their capacity.
     col: Collected,
 }
@@ -149,11 +160,15 @@ pub struct Engine {
     pats: Vec<Pat>,
     dfa: DFA,
     context_rules: Vec<usize>,
+    /// No pattern of `dfa` consumes NUL: `fire` may split the text at fields.
+    lanes: bool,
     kw: Keywords,
     type_names: Vec<String>,
     min_confidence: f64,
     scan_keys: bool,
-    scratch: Mutex<Vec<Scratch>>,
+    /// Boxed: taking and giving back moves a pointer, not the caches.
+    #[allow(clippy::vec_box)]
+    scratch: Mutex<Vec<Box<Scratch>>>,
     finding: Py<PyAny>,
     tuple_new: Py<PyAny>,
     /// `finding` is a tuple subclass with no extra storage (a NamedTuple): instances are
@@ -193,18 +208,22 @@ impl Engine {
         self.type_names.iter().position(|t| t == name).map(|i| 1 << i)
     }
 
-    fn take_scratch(&self) -> Scratch {
+    fn take_scratch(&self) -> Box<Scratch> {
         let got = self.scratch.lock().ok().and_then(|mut v| v.pop());
-        got.unwrap_or_else(|| Scratch {
-            dfa: self.dfa.create_cache(),
-            rx: self.rules.iter().map(|r| r.fast.create_cache()).collect(),
-            norm: FxHashMap::default(),
-            ctx: FxHashMap::default(),
-            col: Collected::default(),
+        got.unwrap_or_else(|| {
+            Box::new(Scratch {
+                dfa: self.dfa.create_cache(),
+                rx: self.rules.iter().map(|r| r.fast.create_cache()).collect(),
+                norm: FxHashMap::default(),
+                ctx: FxHashMap::default(),
+                infos: Vec::new(),
+                by_ptr: FxHashMap::default(),
+                col: Collected::default(),
+            })
         })
     }
 
-    fn give_scratch(&self, mut s: Scratch) {
+    fn give_scratch(&self, mut s: Box<Scratch>) {
         s.col.clear();
         if s.col.big.capacity() > 8 << 20 {
             s.col = Collected::default();
@@ -316,9 +335,21 @@ impl Engine {
                     let start = c.keys.len() as u32;
                     let kb = s.as_bytes();
                     c.keys.extend_from_slice(kb);
+                    let ptr = key.as_ptr() as usize;
+                    let known = match sc.by_ptr.get(&ptr) {
+                        Some(&(_, i)) => Some(i),
+                        None if kb.is_ascii() => {
+                            let i = sc.ctx.get(kb).copied();
+                            if let (Some(i), true) = (i, sc.by_ptr.len() < CTX_CACHE_LIMIT) {
+                                sc.by_ptr.insert(ptr, (key.clone().unbind(), i));
+                            }
+                            i
+                        }
+                        None => None,
+                    };
                     let (kctx, scan) = if !kb.is_ascii() {
                         (self.python_context(py, key.as_any())?, self.scan_keys)
-                    } else if let Some(info) = sc.ctx.get(kb) {
+                    } else if let Some(info) = known.map(|i| sc.infos[i as usize]) {
                         let scan = self.scan_keys && !info.is_clean(inherited);
                         if scan {
                             c.new_ctx.push((start, kb.len() as u32, info.ctx, inherited, c.fields.len() as u32));
@@ -473,30 +504,159 @@ impl Engine {
 
     // -- detection ----------------------------------------------------------------------
 
-    /// Candidates kept per field (resolved, normalised offsets), for fields `0..n`.
-    fn detect(&self, big: &[u8], fields: &[(usize, usize, u32)], dfa_cache: &mut Cache, rx: &mut [HybridCache]) -> PyResult<Vec<Vec<Cand>>> {
-        let n = fields.len();
-        let mut fired = vec![0u64; n];
-        if !big.is_empty() {
-            let input = Input::new(big);
-            let mut state = OverlappingState::start();
-            let mut fi = 0usize;
-            loop {
-                self.dfa
-                    .try_search_overlapping_fwd(dfa_cache, &input, &mut state)
-                    // The error names a byte and an offset of the text: not passed on.
-                    .map_err(|_| PyValueError::new_err("the native DFA search failed"))?;
-                let Some(hm) = state.get_match() else { break };
-                // Matches come in order of their end: the field cursor only moves forward.
-                let at = hm.offset() - 1;
-                while fi < n && fields[fi].0 + fields[fi].1 <= at {
-                    fi += 1;
-                }
-                if fi < n {
-                    fired[fi] |= 1 << hm.pattern().as_usize();
+    /// The patterns that fire in each field (bit `i`: pattern `i`): the overlapping search
+    /// of `regex-automata` (`try_search_overlapping_fwd`) with the multi-pattern lazy DFA
+    /// over `big`, written out. Every match state reached names the patterns whose match
+    /// ends where it is entered; each goes to the field that holds the match's last byte.
+    fn fire(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache) -> PyResult<Vec<u64>> {
+        let mut fired = vec![0u64; fields.len()];
+        if big.is_empty() {
+            return Ok(fired);
+        }
+        if self.lanes && fields.len() >= LANES {
+            if self.fire_lanes(big, fields, cache, &mut fired)? {
+                return Ok(fired);
+            }
+            fired.fill(0);
+        }
+        let mut sid = self.dfa.start_state_forward(cache, &Input::new(big)).map_err(|_| dfa_failed())?;
+        let mut fi = 0;
+        for (at, &byte) in big.iter().enumerate() {
+            sid = self.dfa.next_state(cache, sid, byte).map_err(|_| dfa_failed())?;
+            if sid.is_tagged() {
+                if sid.is_match() {
+                    self.mark(cache, sid, at, fields, &mut fi, &mut fired);
+                } else if sid.is_dead() {
+                    return Ok(fired);
+                } else if sid.is_quit() {
+                    return Err(dfa_failed());
                 }
             }
         }
+        sid = self.dfa.next_eoi_state(cache, sid).map_err(|_| dfa_failed())?;
+        if sid.is_match() {
+            self.mark(cache, sid, big.len(), fields, &mut fi, &mut fired);
+        }
+        Ok(fired)
+    }
+
+    /// `fire` as `LANES` searches run in step, each over a run of whole fields: a lazy DFA
+    /// walk is bound by the latency of its table loads, and independent walks overlap.
+    /// Only when no pattern consumes NUL (`Engine::lanes`): then every match lies within one
+    /// field, and the state after a field's NUL behaves as the start state with a NUL
+    /// before it, the start state each lane begins with. False (the caller then runs the
+    /// one search) when the fields are not the NUL-separated runs of `scan_collected`, when
+    /// a walk dies or stops, or when the cache was cleared (the other lanes' states would be
+    /// stale).
+    fn fire_lanes(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [u64]) -> PyResult<bool> {
+        let dfa = &self.dfa;
+        let clears = cache.clear_count();
+        // Lane k starts at the first field starting at or after k/LANES of the text.
+        let mut first = [0usize; LANES + 1];
+        first[LANES] = fields.len();
+        for k in 1..LANES {
+            let target = big.len() * k / LANES;
+            let mut f = first[k - 1].max(1);
+            while f < fields.len() && fields[f].0 < target {
+                f += 1;
+            }
+            first[k] = f;
+        }
+        let start = dfa.start_state_forward(cache, &Input::new(big)).map_err(|_| dfa_failed())?;
+        let mut lanes = [Lane { at: 0, end: 0, sid: start, fi: 0, scanned: false }; LANES];
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            // The first lane starts at the start of the text, as the one search does.
+            lane.at = if k == 0 { 0 } else { fields.get(first[k]).map_or(big.len(), |f| f.0) };
+            lane.end = fields.get(first[k + 1]).map_or(big.len(), |f| f.0);
+            lane.fi = first[k];
+            lane.scanned = lane.at < lane.end;
+            if k > 0 && lane.at < big.len() {
+                if lane.at == 0 || big[lane.at - 1] != 0 {
+                    return Ok(false);
+                }
+                lane.sid = dfa.start_state_forward(cache, &Input::new(big).range(lane.at..)).map_err(|_| dfa_failed())?;
+            }
+        }
+        if cache.clear_count() != clears {
+            return Ok(false);
+        }
+        let [mut a, mut b, mut c] = lanes;
+        // In step while all three have bytes left (the states stay in registers), then
+        // each to its end.
+        while a.at < a.end && b.at < b.end && c.at < c.end {
+            if !(self.step(big, fields, cache, fired, clears, &mut a)?
+                && self.step(big, fields, cache, fired, clears, &mut b)?
+                && self.step(big, fields, cache, fired, clears, &mut c)?)
+            {
+                return Ok(false);
+            }
+        }
+        for lane in [&mut a, &mut b, &mut c] {
+            while lane.at < lane.end {
+                if !self.step(big, fields, cache, fired, clears, lane)? {
+                    return Ok(false);
+                }
+            }
+        }
+        // The end of the text is the end of the last lane that has bytes.
+        let Some(tail) = [&mut c, &mut b, &mut a].into_iter().find(|lane| lane.scanned) else { return Ok(true) };
+        let last = dfa.next_eoi_state(cache, tail.sid).map_err(|_| dfa_failed())?;
+        if cache.clear_count() != clears {
+            return Ok(false);
+        }
+        if last.is_match() {
+            self.mark(cache, last, big.len(), fields, &mut tail.fi, fired);
+        }
+        Ok(true)
+    }
+
+    /// One byte of a lane of `fire_lanes`; false when the lanes must give up.
+    #[inline(always)]
+    fn step(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [u64], clears: usize, lane: &mut Lane) -> PyResult<bool> {
+        let dfa = &self.dfa;
+        let byte = big[lane.at];
+        // The table's entry; a state not computed yet (or a match state, which is tagged)
+        // takes the full step, which may compute and cache it.
+        let known = if lane.sid.is_tagged() { None } else { Some(dfa.next_state_untagged(cache, lane.sid, byte)).filter(|t| !t.is_unknown()) };
+        let next = match known {
+            Some(next) => next,
+            None => {
+                let next = dfa.next_state(cache, lane.sid, byte).map_err(|_| dfa_failed())?;
+                if cache.clear_count() != clears {
+                    return Ok(false);
+                }
+                next
+            }
+        };
+        lane.sid = next;
+        if next.is_tagged() {
+            if !next.is_match() {
+                return Ok(false);
+            }
+            self.mark(cache, next, lane.at, fields, &mut lane.fi, fired);
+        }
+        lane.at += 1;
+        Ok(true)
+    }
+
+    /// Record the patterns of match state `sid`, entered at `end`, in the field holding
+    /// the byte before `end`; `fi` is the field cursor (matches come in order of their end).
+    fn mark(&self, cache: &Cache, sid: LazyStateID, end: usize, fields: &[(usize, usize, u32)], fi: &mut usize, fired: &mut [u64]) {
+        let last = end.saturating_sub(1);
+        while *fi < fields.len() && fields[*fi].0 + fields[*fi].1 <= last {
+            *fi += 1;
+        }
+        if *fi < fields.len() {
+            for k in 0..self.dfa.match_len(cache, sid) {
+                fired[*fi] |= 1 << self.dfa.match_pattern(cache, sid, k).as_usize();
+            }
+        }
+    }
+
+    /// Candidates kept per field (resolved, normalised offsets), for fields `0..n`.
+    fn detect(&self, big: &[u8], fields: &[(usize, usize, u32)], dfa_cache: &mut Cache, rx: &mut [HybridCache]) -> PyResult<Vec<Vec<Cand>>> {
+        let n = fields.len();
+        let fired = self.fire(big, fields, dfa_cache)?;
         let mut out: Vec<Vec<Cand>> = Vec::with_capacity(n);
         let mut spans: Vec<Span> = Vec::new();
         for (fi, &(start, len, ctx)) in fields.iter().enumerate() {
@@ -618,7 +778,8 @@ impl Engine {
                 continue;
             }
             let kb = &c.keys[start as usize..(start + len) as usize];
-            if let Some(info) = sc.ctx.get_mut(kb) {
+            if let Some(&i) = sc.ctx.get(kb) {
+                let info = &mut sc.infos[i as usize];
                 if field != NONE && !info.is_clean(inherited) && (info.n_clean as usize) < info.clean.len() {
                     info.clean[info.n_clean as usize] = inherited;
                     info.n_clean += 1;
@@ -629,7 +790,8 @@ impl Engine {
                     info.clean[0] = inherited;
                     info.n_clean = 1;
                 }
-                sc.ctx.insert(kb.into(), info);
+                sc.ctx.insert(kb.into(), sc.infos.len() as u32);
+                sc.infos.push(info);
             }
         }
         let results: Vec<Bound<'py, PyList>> = (0..n_records).map(|_| PyList::empty(py)).collect();
@@ -656,6 +818,61 @@ impl Engine {
         }
         Ok(results)
     }
+}
+
+/// One search of `Engine::fire_lanes`: its next byte, its end, its state, its field cursor,
+/// and whether it has any bytes.
+#[derive(Clone, Copy)]
+struct Lane {
+    at: usize,
+    end: usize,
+    sid: LazyStateID,
+    fi: usize,
+    scanned: bool,
+}
+
+/// The error of a failed DFA search; the search's own error names a byte and an offset of
+/// the text, so it is not passed on.
+fn dfa_failed() -> PyErr {
+    PyValueError::new_err("the native DFA search failed")
+}
+
+/// Whether some pattern of `nfa` can consume a NUL byte, over the states reachable from the
+/// anchored start (every pattern, without the unanchored prefix, which consumes anything).
+fn consumes_nul(nfa: &thompson::NFA) -> bool {
+    use regex_automata::nfa::thompson::State;
+    let mut seen = vec![false; nfa.states().len()];
+    let mut stack = vec![nfa.start_anchored()];
+    while let Some(id) = stack.pop() {
+        if std::mem::replace(&mut seen[id.as_usize()], true) {
+            continue;
+        }
+        match nfa.state(id) {
+            State::ByteRange { trans } => {
+                if trans.matches_byte(0) {
+                    return true;
+                }
+                stack.push(trans.next);
+            }
+            State::Sparse(t) => {
+                if t.matches_byte(0).is_some() {
+                    return true;
+                }
+                stack.extend(t.transitions.iter().map(|t| t.next));
+            }
+            State::Dense(t) => {
+                if t.matches_byte(0).is_some() {
+                    return true;
+                }
+                stack.extend(t.transitions.iter().copied());
+            }
+            State::Look { next, .. } | State::Capture { next, .. } => stack.push(*next),
+            State::Union { alternates } => stack.extend(alternates.iter().copied()),
+            State::BinaryUnion { alt1, alt2 } => stack.extend([*alt1, *alt2]),
+            State::Fail | State::Match { .. } => {}
+        }
+    }
+    false
 }
 
 /// Keep the best of overlapping candidates: higher confidence, then longer, then
@@ -716,6 +933,9 @@ pub fn float_repr(x: f64) -> Option<String> {
     if !x.is_finite() {
         return None;
     }
+    if let Some(out) = decimal_repr(x) {
+        return Some(out);
+    }
     let sci = format!("{x:e}");
     let (mantissa, exp) = sci.split_once('e')?;
     let exp: i32 = exp.parse().ok()?;
@@ -723,7 +943,8 @@ pub fn float_repr(x: f64) -> Option<String> {
         Some(m) => ("-", m),
         None => ("", mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    even_tie(x.abs(), &mut digits, exp);
     let decpt = exp + 1;
     let mut out = String::with_capacity(digits.len() + 8);
     out.push_str(sign);
@@ -751,6 +972,94 @@ pub fn float_repr(x: f64) -> Option<String> {
         let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs());
     }
     Some(out)
+}
+
+/// Where `x` lies exactly halfway between two shortest digit strings that both read back
+/// as it, Python's `repr` takes the one whose last digit is even, `{:e}` may take the other:
+/// `digits` (of `x > 0`, first digit at 10^`exp`) becomes the even one then.
+fn even_tie(x: f64, digits: &mut String, exp: i32) {
+    let Some(last) = digits.bytes().last().map(|b| b - b'0') else { return };
+    if last % 2 == 0 {
+        return;
+    }
+    let n = digits.len();
+    let reads = |d: &str| format!("{}.{}e{exp}", &d[..1], &d[1..]).parse::<f64>().is_ok_and(|y| y == x);
+    for other in [last - 1, last + 1] {
+        if other > 9 {
+            continue;
+        }
+        let mut candidate = digits.clone();
+        candidate.replace_range(n - 1.., &other.to_string());
+        if !reads(&candidate) {
+            continue;
+        }
+        // A tie: the exact value of `x` (every double's decimal expansion ends within 767
+        // significant digits) is the lower candidate followed by a 5.
+        let lower = if other < last { &candidate } else { &*digits };
+        let exact = format!("{x:.800e}");
+        let Some((mantissa, e)) = exact.split_once('e') else { return };
+        let exact_digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        let midpoint = format!("{lower}5");
+        if e.parse::<i32>() == Ok(exp) && exact_digits.starts_with(&midpoint) && exact_digits[midpoint.len()..].bytes().all(|b| b == b'0') {
+            *digits = candidate;
+        }
+        return;
+    }
+}
+
+/// `repr(x)` for the floats that records mostly hold, decimals of a few digits between
+/// 1e-4 and 1e15 (amounts, coordinates, latencies), without the general shortest-digits
+/// search; None for the others. The shortest digits that read back as `x` are those of the
+/// integer `y` nearest `|x| 10^k` for the least `k` at which one reads back: with `y` and
+/// `10^k` exact (below 2^53 and 10^22), `y / 10^k` is the correctly rounded quotient, the
+/// float the decimal reads as. The integer nearest `|x| 10^k` is within one of the
+/// rounded product, so the three around it are tried; two that read back (a tie Python
+/// breaks by distance) leave it to the general path. In this range `repr` is positional.
+fn decimal_repr(x: f64) -> Option<String> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let a = x.abs();
+    if !(1e-4..1e15).contains(&a) {
+        return None;
+    }
+    let mut scale = 1.0f64;
+    for k in 0..=17u32 {
+        let y = (a * scale).round();
+        if y + 1.0 >= EXACT {
+            return None;
+        }
+        let back = |c: f64| c >= 0.0 && c / scale == a;
+        let mut hit = None;
+        for c in [y - 1.0, y, y + 1.0] {
+            if back(c) {
+                if hit.is_some() {
+                    return None;
+                }
+                hit = Some(c as u64);
+            }
+        }
+        if let Some(digits) = hit {
+            let p = 10u64.pow(k);
+            let (int, frac) = (digits / p, digits % p);
+            if k > 0 && frac % 10 == 0 {
+                return None; // fewer decimals would have read back: not expected here
+            }
+            let mut out = String::with_capacity(24);
+            if x < 0.0 {
+                out.push('-');
+            }
+            out.push_str(std::str::from_utf8(itoa_buf(int as i64).as_bytes_mut()).unwrap_or_default());
+            out.push('.');
+            if k == 0 {
+                out.push('0');
+            }
+            for d in (0..k).rev() {
+                out.push(char::from(b'0' + (frac / 10u64.pow(d) % 10) as u8));
+            }
+            return Some(out);
+        }
+        scale *= 10.0;
+    }
+    None
 }
 
 struct ItoaBuf {
@@ -863,6 +1172,7 @@ impl Engine {
             .thompson(thompson::Config::new().utf8(false).which_captures(thompson::WhichCaptures::None))
             .build_many(&dfa_patterns)
             .map_err(|e| PyValueError::new_err(format!("native engine cannot compile its patterns: {e}")))?;
+        let lanes = !consumes_nul(dfa.get_nfa());
         let builtins_mod = py.import("builtins")?;
         let get = |n: &str| -> PyResult<Py<PyAny>> { Ok(builtins_mod.getattr(n)?.unbind()) };
         let tuple_type = builtins_mod.getattr("tuple")?;
@@ -878,6 +1188,7 @@ impl Engine {
             pats,
             dfa,
             context_rules,
+            lanes,
             kw: Keywords { ssn, phone },
             type_names: types,
             min_confidence,

@@ -1,8 +1,9 @@
 //! The hot transforms of `trustzones/dlp/transforms.py`, with identical outputs: FF1
 //! (NIST SP 800-38G: `ff1_decimal` for radix 10 up to 36 numerals, the `fpe` crate on
 //! RustCrypto `aes` otherwise), keyed HMAC-SHA-256 (`hmac` + `sha2`), `mask` on ASCII text,
-//! and the plan executor, which also runs `hash`, `generalize`, `date_shift`, `redact_text`
-//! and `encrypt_fpe` on the values where they succeed. Checks whose failures have messages
+//! and the plan executor, which also runs `mask` of any text (Python's `str.isalnum` judges
+//! the characters outside ASCII), `hash`, `generalize`, `date_shift`, `redact_text` and
+//! `encrypt_fpe` on the values where they succeed. Checks whose failures have messages
 //! (lengths, alphabets, keys, unparsable values) stay in Python: the native code hands
 //! every value it is not sure of to the Python function, which accepts it or raises.
 
@@ -12,7 +13,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple};
+use rustc_hash::FxHashMap;
 use sha2::Sha256;
+use std::sync::{Mutex, OnceLock};
 
 enum Cipher {
     A128(FF1<Aes128>),
@@ -67,17 +70,17 @@ impl AesKey {
 }
 
 /// FF1 (NIST SP 800-38G, Algorithms 7 and 8) for radix 10 and at most 18 numerals per
-/// half, in 128-bit integers: every value the Feistel rounds handle is below 10^18, the
-/// round input `[i] || NUM(B)` fits the last block of Q and `d` is at most 16, so each
-/// round costs one AES call. None outside that range (or below the 10^6 minimum domain,
-/// where the general implementation raises its error).
+/// half, in 64-bit integers: every value the Feistel rounds handle is below 10^18, the
+/// round input `[i] || NUM(B)` fits the last block of Q and `d` is at most 12, so each
+/// round costs one AES call and one remainder of NUM(S) < 2^96 (in 64-bit steps when
+/// 10^m < 2^32: 128-bit division is slow). None outside that range (or below the 10^6
+/// minimum domain, where the general implementation raises its error).
 fn ff1_decimal(aes: &AesKey, x: &[u16], tweak: &[u8], decrypt: bool) -> Option<Vec<u16>> {
     let n = x.len();
     let (u, v) = (n / 2, n - n / 2);
     if !(6..=36).contains(&n) || tweak.len() > u32::MAX as usize || x.iter().any(|&d| d > 9) {
         return None;
     }
-    let num = |digits: &[u16]| digits.iter().fold(0u128, |acc, &d| acc * 10 + u128::from(d));
     // Steps 3-4: b = ceil(ceil(v log2 10) / 8) bytes; ceil(v log2 10) is the bit length
     // of 10^v (never a power of two). d = 4 ceil(b/4) + 4.
     let bits = 128 - 10u128.pow(v as u32).leading_zeros() as usize;
@@ -103,21 +106,32 @@ fn ff1_decimal(aes: &AesKey, x: &[u16], tweak: &[u8], decrypt: bool) -> Option<V
     }
     let mut last = [0u8; 16];
     last[..q.len() - head].copy_from_slice(&q[head..]);
-    let round = |i: u8, feed: u128, m: usize| -> u128 {
+    // Every value below is under 10^18 < 2^63, and a sum of two under 2^64: 64-bit
+    // arithmetic but for NUM(S).
+    let pow10 = |m: usize| 10u64.pow(m as u32);
+    let round = |i: u8, feed: u64, m: usize| -> u64 {
         let mut block = last;
         block[15 - b] = i;
-        block[16 - b..].copy_from_slice(&feed.to_be_bytes()[16 - b..]);
+        block[16 - b..].copy_from_slice(&u128::from(feed).to_be_bytes()[16 - b..]);
         let mut r = state;
         aes.absorb(&mut r, &block);
-        // y = NUM(S), S = R[..d] (d <= 16: no extra blocks); only y mod 10^m is needed.
-        let modulus = 10u128.pow(m as u32);
-        r[..d].iter().fold(0u128, |acc, &byte| (acc * 256 + u128::from(byte)) % modulus)
+        // y = NUM(S), S = R[..d] (d <= 12: no extra blocks); only y mod 10^m is needed.
+        let y = r[..d].iter().fold(0u128, |acc, &byte| (acc << 8) | u128::from(byte));
+        let modulus = pow10(m);
+        if modulus < 1 << 32 {
+            // In 32-bit limbs: each step's dividend stays below 2^64.
+            let limbs = [(y >> 64) as u64, (y >> 32) as u64 & 0xffff_ffff, y as u64 & 0xffff_ffff];
+            limbs.iter().fold(0u64, |r, &limb| ((r << 32) | limb) % modulus)
+        } else {
+            (y % u128::from(modulus)) as u64
+        }
     };
+    let num = |digits: &[u16]| digits.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d));
     let (mut a, mut bb) = (num(&x[..u]), num(&x[u..]));
     if decrypt {
         for i in (0..10u8).rev() {
             let m = if i % 2 == 0 { u } else { v };
-            let modulus = 10u128.pow(m as u32);
+            let modulus = pow10(m);
             let c = (bb + modulus - round(i, a, m)) % modulus;
             bb = a;
             a = c;
@@ -125,7 +139,7 @@ fn ff1_decimal(aes: &AesKey, x: &[u16], tweak: &[u8], decrypt: bool) -> Option<V
     } else {
         for i in 0..10u8 {
             let m = if i % 2 == 0 { u } else { v };
-            let c = (a + round(i, bb, m)) % 10u128.pow(m as u32);
+            let c = (a + round(i, bb, m)) % pow10(m);
             a = bb;
             bb = c;
         }
@@ -328,13 +342,57 @@ pub fn mask_ascii(text: &str, mut keep_first: usize, mut keep_last: usize, char:
     Some(out)
 }
 
+/// `transforms.mask_text` on any text, given `str.isalnum` of each of its characters.
+fn mask_chars(text: &str, alnum: &[bool], mut keep_first: usize, mut keep_last: usize, char: &str, keep_separators: bool) -> String {
+    let n = alnum.iter().filter(|&&a| a).count();
+    if keep_first.saturating_add(keep_last) >= n {
+        keep_first = 0;
+        keep_last = 0;
+    }
+    let mut out = String::with_capacity(text.len() + alnum.len() * char.len());
+    if !keep_separators {
+        let mut seen = 0;
+        for (ch, &a) in text.chars().zip(alnum) {
+            if a {
+                if seen < keep_first || seen >= n - keep_last {
+                    out.push(ch);
+                } else {
+                    out.push_str(char);
+                }
+                seen += 1;
+            } else {
+                out.push_str(char);
+            }
+        }
+        return out;
+    }
+    // The head up to the keep_first-th letter or digit and the tail from the keep_last-th
+    // from the end stay; letters and digits between are masked.
+    let start = match keep_first {
+        0 => 0,
+        k => alnum.iter().enumerate().filter(|(_, &a)| a).nth(k - 1).map_or(0, |(i, _)| i + 1),
+    };
+    let end = match keep_last {
+        0 => alnum.len(),
+        k => alnum.iter().enumerate().rev().filter(|(_, &a)| a).nth(k - 1).map_or(alnum.len(), |(i, _)| i),
+    };
+    for (i, (ch, &a)) in text.chars().zip(alnum).enumerate() {
+        if a && start <= i && i < end {
+            out.push_str(char);
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 // -- the plan executor ---------------------------------------------------------------------
 
 /// What a step does natively when the value allows it; otherwise its Python function runs.
 enum NativeOp {
     None,
     Suppress,
-    /// `mask` on an ASCII string.
+    /// `mask` of a string (without lone surrogates).
     Mask { keep_first: usize, keep_last: usize, char: String, keep_separators: bool },
     /// `hash` of a string: any string without normalisation, an ASCII string with it.
     Hash { mac: Hmac<Sha256>, hex: bool, length: Option<usize>, prefix: String, normalize: Normalize },
@@ -363,6 +421,14 @@ enum Normalize {
 
 struct Step {
     segs: Vec<Py<PyString>>,
+    /// Per segment, the key object of the first record that held it: decoders such as
+    /// orjson hand out one object per key text, and a dict finds an identical key without
+    /// comparing texts. Equal to the segment, so looking it up finds what the segment finds.
+    keys: Vec<OnceLock<Py<PyString>>>,
+    /// The prefix ids of `segs[..i]`, i = 1..segs.len(): the containers on the path.
+    prefixes: Vec<usize>,
+    /// The prefixes at or below this step's path: their containers change when it writes.
+    forgets: Vec<usize>,
     op: NativeOp,
     /// `call(value, subject)`: the transform with `Transformer._apply_simple`'s error
     /// handling; returns the new value or `SUPPRESSED`.
@@ -381,7 +447,14 @@ pub struct PlanExecutor {
     /// `fail(step, depth, node)`: raises the TransformError of a non-object container.
     fail: Py<PyAny>,
     dict_type: Py<PyAny>,
+    /// How many distinct path prefixes (containers) the steps go through.
+    n_prefixes: usize,
+    /// Python's `str.isalnum`, and what it said of the characters outside ASCII seen so far.
+    isalnum: Py<PyAny>,
+    alnum: Mutex<FxHashMap<u32, bool>>,
 }
+
+const ALNUM_CACHE_LIMIT: usize = 65_536;
 
 impl PlanExecutor {
     fn get<'py>(node: &Bound<'py, PyAny>, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -395,6 +468,51 @@ impl PlanExecutor {
         Ok(if got.is(&marker) { None } else { Some(got) })
     }
 
+    /// The key to look segment `i` of `step` up with: the object learnt, else the segment.
+    fn key<'a, 'py>(py: Python<'py>, step: &'a Step, i: usize) -> &'a Bound<'py, PyString> {
+        step.keys[i].get().unwrap_or(&step.segs[i]).bind(py)
+    }
+
+    /// Learn the key object of `dict` equal to segment `i` of `step`, once.
+    fn learn(py: Python<'_>, step: &Step, i: usize, dict: &Bound<'_, PyAny>) -> PyResult<()> {
+        if step.keys[i].get().is_some() {
+            return Ok(());
+        }
+        let Ok(d) = dict.cast_exact::<PyDict>() else { return Ok(()) };
+        let seg = step.segs[i].bind(py);
+        for key in d.keys() {
+            if let Ok(k) = key.cast_exact::<PyString>() {
+                if k.as_any().eq(seg)? {
+                    let _ = step.keys[i].set(k.clone().unbind());
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `str.isalnum` of each character of `text`: ASCII by its class, the others by Python
+    /// itself (its Unicode database), cached per code point.
+    fn alnum_flags(&self, py: Python<'_>, text: &str) -> PyResult<Vec<bool>> {
+        let mut cache = self.alnum.lock().map_err(|_| PyValueError::new_err("the executor's character cache is poisoned"))?;
+        let mut buf = [0u8; 4];
+        text.chars()
+            .map(|ch| {
+                if ch.is_ascii() {
+                    return Ok(ch.is_ascii_alphanumeric());
+                }
+                if let Some(&a) = cache.get(&(ch as u32)) {
+                    return Ok(a);
+                }
+                let a: bool = self.isalnum.bind(py).call1((PyString::new(py, ch.encode_utf8(&mut buf)),))?.extract()?;
+                if cache.len() < ALNUM_CACHE_LIMIT {
+                    cache.insert(ch as u32, a);
+                }
+                Ok(a)
+            })
+            .collect()
+    }
+
     fn copy<'py>(&self, node: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         match node.cast_exact::<PyDict>() {
             Ok(d) => Ok(d.copy()?.into_any()),
@@ -406,13 +524,16 @@ impl PlanExecutor {
         Ok(match op {
             NativeOp::None => None,
             NativeOp::Suppress => Some(self.suppressed.bind(py).clone()),
-            NativeOp::Mask { keep_first, keep_last, char, keep_separators } => match value.cast_exact::<PyString>() {
-                Ok(s) => match s.to_str().ok().and_then(|t| mask_ascii(t, *keep_first, *keep_last, char, *keep_separators)) {
-                    Some(out) => Some(PyString::new(py, &out).into_any()),
-                    None => None,
-                },
-                Err(_) => None,
-            },
+            NativeOp::Mask { keep_first, keep_last, char, keep_separators } => {
+                let Ok(s) = value.cast_exact::<PyString>() else { return Ok(None) };
+                // A string with lone surrogates goes to Python.
+                let Ok(text) = s.to_str() else { return Ok(None) };
+                let out = match mask_ascii(text, *keep_first, *keep_last, char, *keep_separators) {
+                    Some(out) => out,
+                    None => mask_chars(text, &self.alnum_flags(py, text)?, *keep_first, *keep_last, char, *keep_separators),
+                };
+                Some(PyString::new(py, &out).into_any())
+            }
             NativeOp::Hash { mac, hex, length, prefix, normalize } => match value.cast_exact::<PyString>() {
                 Ok(s) => match s.to_str() {
                     Ok(text) => {
@@ -438,9 +559,15 @@ impl PlanExecutor {
                 Err(_) => None,
             },
             NativeOp::Zip { keep, hipaa } => zip_prefix(value, *keep, *hipaa).map(|out| PyString::new(py, &out).into_any()),
-            NativeOp::DateTrunc { year } => ascii_str(value)
-                .and_then(iso::parse)
-                .map(|(y, m, _)| PyString::new(py, &if *year { format!("{y:04}") } else { format!("{y:04}-{m:02}") }).into_any()),
+            NativeOp::DateTrunc { year } => ascii_str(value).and_then(iso::parse).map(|(y, m, _)| {
+                let mut out = String::with_capacity(7);
+                push_year(&mut out, y);
+                if !*year {
+                    out.push('-');
+                    push_digits(&mut out, m, 2);
+                }
+                PyString::new(py, &out).into_any()
+            }),
             NativeOp::Number { age, width, cap } => generalize_number(py, value, *age, *width, *cap)?,
             NativeOp::Redact { engine, type_style, mask_char } => {
                 let Ok(s) = value.cast_exact::<PyString>() else { return Ok(None) };
@@ -475,7 +602,16 @@ impl PlanExecutor {
                 let k = u64::from_be_bytes(first) % (2 * max_days);
                 let days = if k < *max_days { k as i64 - *max_days as i64 } else { k as i64 - *max_days as i64 + 1 };
                 // Out of range (None): Python raises its error.
-                iso::add_days(y, m, d, days).map(|(y, m, d)| PyString::new(py, &format!("{y:04}-{m:02}-{d:02}{}", &text[10..])).into_any())
+                iso::add_days(y, m, d, days).map(|(y, m, d)| {
+                    let mut out = String::with_capacity(text.len());
+                    push_year(&mut out, y);
+                    out.push('-');
+                    push_digits(&mut out, m, 2);
+                    out.push('-');
+                    push_digits(&mut out, d, 2);
+                    out.push_str(&text[10..]);
+                    PyString::new(py, &out).into_any()
+                })
             }
         })
     }
@@ -497,7 +633,7 @@ impl PlanExecutor {
 }
 
 fn encode_digest(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str) -> String {
-    let mut out = if hex {
+    let encoded = if hex {
         let mut s = String::with_capacity(64);
         for b in digest {
             s.push(char::from(HEX[usize::from(b >> 4)]));
@@ -507,10 +643,24 @@ fn encode_digest(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str) 
     } else {
         b64url_nopad(digest)
     };
-    if let Some(n) = length {
-        out.truncate(n);
+    // Both encodings are ASCII: any length cuts between characters.
+    let body = &encoded[..length.map_or(encoded.len(), |n| n.min(encoded.len()))];
+    let mut out = String::with_capacity(prefix.len() + body.len());
+    out.push_str(prefix);
+    out.push_str(body);
+    out
+}
+
+/// `f"{y:04d}"` for a year of `iso` (1..=9999), appended.
+fn push_year(out: &mut String, y: i64) {
+    push_digits(out, y as u32, 4);
+}
+
+/// `value` as exactly `width` decimal digits (zero-padded; `value` has no more), appended.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for k in (0..width).rev() {
+        out.push(char::from(b'0' + (value / 10u32.pow(k) % 10) as u8));
     }
-    format!("{prefix}{out}")
 }
 
 #[pymethods]
@@ -524,6 +674,8 @@ impl PlanExecutor {
     #[new]
     fn new(py: Python<'_>, steps: Vec<(Vec<Py<PyString>>, Option<Bound<'_, PyTuple>>, Py<PyAny>, Option<Py<PyAny>>)>, suppressed: Py<PyAny>, fail: Py<PyAny>) -> PyResult<Self> {
         let mut out = Vec::with_capacity(steps.len());
+        let mut paths: Vec<Vec<Vec<u8>>> = Vec::with_capacity(steps.len());
+        let mut prefix_ids: std::collections::HashMap<Vec<Vec<u8>>, usize> = std::collections::HashMap::new();
         for (segs, op, call, subject) in steps {
             if segs.is_empty() {
                 return Err(PyValueError::new_err("a plan step needs a field path"));
@@ -598,18 +750,38 @@ impl PlanExecutor {
                     }
                 }
             };
-            out.push(Step { segs, op, call, subject });
+            // Keys as UTF-8 with surrogates passed: a key may hold a lone surrogate.
+            let texts: Vec<Vec<u8>> =
+                segs.iter().map(|seg| Ok(seg.bind(py).call_method1("encode", ("utf-8", "surrogatepass"))?.cast_into::<PyBytes>()?.as_bytes().to_vec())).collect::<PyResult<_>>()?;
+            let prefixes = (1..texts.len())
+                .map(|i| {
+                    let n = prefix_ids.len();
+                    *prefix_ids.entry(texts[..i].to_vec()).or_insert(n)
+                })
+                .collect();
+            paths.push(texts);
+            let keys = segs.iter().map(|_| OnceLock::new()).collect();
+            out.push(Step { segs, keys, prefixes, forgets: Vec::new(), op, call, subject });
         }
-        let dict_type = py.import("builtins")?.getattr("dict")?.unbind();
-        Ok(PlanExecutor { steps: out, suppressed, fail, dict_type })
+        for (step, path) in out.iter_mut().zip(&paths) {
+            step.forgets = prefix_ids.iter().filter(|(prefix, _)| prefix.starts_with(path)).map(|(_, &id)| id).collect();
+        }
+        let builtins = py.import("builtins")?;
+        let dict_type = builtins.getattr("dict")?.unbind();
+        let isalnum = builtins.getattr("str")?.getattr("isalnum")?.unbind();
+        Ok(PlanExecutor { steps: out, suppressed, fail, dict_type, n_prefixes: prefix_ids.len(), isalnum, alnum: Mutex::new(FxHashMap::default()) })
     }
 
     /// Apply the plan to one decoded record; returns the (copied where changed) record.
     fn apply<'py>(&self, py: Python<'py>, record: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let mut result = record.clone();
-        // Containers this call made (they may be changed in place).
-        let mut owned: Vec<Bound<'py, PyAny>> = Vec::new();
-        let is_owned = |owned: &[Bound<'py, PyAny>], x: &Bound<'py, PyAny>| owned.iter().any(|o| o.is(x));
+        let mut root_owned = false;
+        // Per prefix of the steps' paths: the container there when this call made it (a
+        // copy, changed in place by later steps). A step that writes a path forgets the
+        // prefixes at and below it.
+        let mut made: Vec<Option<Bound<'py, PyAny>>> = vec![None; self.n_prefixes];
+        // The containers along the step's path, from the depth it starts at.
+        let mut chain: Vec<Bound<'py, PyAny>> = Vec::with_capacity(4);
         'steps: for (si, step) in self.steps.iter().enumerate() {
             let native_subject = match &step.op {
                 NativeOp::DateShift { subject: Some(segs), .. } => Self::native_subject(py, record, segs)?,
@@ -620,8 +792,19 @@ impl PlanExecutor {
                 (None, Some(f)) => f.bind(py).call1((record,))?,
                 (None, None) => py.None().into_bound(py),
             };
+            // Start at the deepest container of the path this call made: everything above
+            // it is a dict this call made too, holding the path (else it was forgotten).
+            let mut depth = 0;
             let mut node = result.clone();
-            for (i, seg) in step.segs.iter().enumerate() {
+            for i in (1..step.segs.len()).rev() {
+                if let Some(c) = &made[step.prefixes[i - 1]] {
+                    depth = i;
+                    node = c.clone();
+                    break;
+                }
+            }
+            chain.clear();
+            for i in depth..step.segs.len() {
                 if node.is_none() {
                     continue 'steps;
                 }
@@ -629,9 +812,13 @@ impl PlanExecutor {
                     self.fail.bind(py).call1((si, i, &node))?;
                     return Err(PyValueError::new_err("fail() must raise"));
                 }
-                match Self::get(&node, seg.bind(py))? {
+                chain.push(node.clone());
+                match Self::get(&node, Self::key(py, step, i))? {
                     None => continue 'steps,
-                    Some(child) => node = child,
+                    Some(child) => {
+                        Self::learn(py, step, i, &node)?;
+                        node = child;
+                    }
                 }
             }
             let value = node;
@@ -643,27 +830,39 @@ impl PlanExecutor {
                     None => step.call.bind(py).call1((&value, &subject))?,
                 }
             };
-            if !is_owned(&owned, &result) {
-                result = self.copy(&result)?;
-                owned.push(result.clone());
+            // Copy-on-write down the chain: each container not made by this call is copied
+            // and put in place of the original in its (made) parent.
+            let mut parent: Option<Bound<'py, PyAny>> = None;
+            for (j, container) in chain.iter().enumerate() {
+                let i = depth + j;
+                let mine = if i == 0 {
+                    if !root_owned {
+                        result = self.copy(container)?;
+                        root_owned = true;
+                    }
+                    result.clone()
+                } else if let Some(c) = &made[step.prefixes[i - 1]] {
+                    c.clone()
+                } else {
+                    let copy = self.copy(container)?;
+                    if let Some(p) = &parent {
+                        p.cast::<PyDict>()?.set_item(Self::key(py, step, i - 1), &copy)?;
+                    }
+                    made[step.prefixes[i - 1]] = Some(copy.clone());
+                    copy
+                };
+                parent = Some(mine);
             }
-            let mut parent = result.clone();
-            let last = step.segs.len() - 1;
-            for seg in &step.segs[..last] {
-                let pd = parent.cast::<PyDict>()?;
-                let mut child = pd.get_item(seg.bind(py))?.ok_or_else(|| PyValueError::new_err("plan path vanished"))?;
-                if !is_owned(&owned, &child) {
-                    child = self.copy(&child)?;
-                    owned.push(child.clone());
-                    pd.set_item(seg.bind(py), &child)?;
-                }
-                parent = child;
-            }
+            let parent = parent.ok_or_else(|| PyValueError::new_err("plan path without a container"))?;
             let pd = parent.cast::<PyDict>()?;
+            let last = step.segs.len() - 1;
             if r.is(self.suppressed.bind(py)) {
-                pd.del_item(step.segs[last].bind(py))?;
+                pd.del_item(Self::key(py, step, last))?;
             } else {
-                pd.set_item(step.segs[last].bind(py), r)?;
+                pd.set_item(Self::key(py, step, last), r)?;
+            }
+            for &p in &step.forgets {
+                made[p] = None;
             }
         }
         Ok(result)

@@ -174,6 +174,29 @@ def test_engines_agree_on_generated_records(record: object) -> None:
     assert NA.scan_record(record) == want
 
 
+# Flat records of many fields: the native engine splits such a text at field boundaries
+# and walks the pieces in step (``Engine::fire_lanes``); findings must not depend on
+# where the pieces start or end, nor on a key seen before as the same object or not.
+_many_fields = st.one_of(
+    st.lists(text_strategy, min_size=3, max_size=16),
+    st.dictionaries(
+        st.one_of(st.sampled_from(_FIELDS), st.text(alphabet="abcxyz_", min_size=1, max_size=6)),
+        text_strategy,
+        min_size=3,
+        max_size=16,
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_many_fields)
+def test_native_agrees_on_records_of_many_fields(record: object) -> None:
+    want = PY.scan_record(record)
+    assert NA.scan_record(record) == want
+    assert NA.scan_record(record) == want  # again, with the keys' objects cached
+    assert NA.scan_records([record, record]) == [want, want]
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200))
 def test_engines_agree_on_arbitrary_unicode(text: str) -> None:
@@ -278,6 +301,22 @@ def test_native_float_text_is_repr(x: float) -> None:
     native = load_native()
     assert native is not None
     assert native.float_text(x) == repr(x)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.decimals(
+        min_value=-(10**15), max_value=10**15, allow_nan=False, allow_infinity=False, places=6
+    ),
+    st.integers(min_value=0, max_value=12),
+)
+def test_native_float_text_is_repr_for_short_decimals(x: object, places: int) -> None:
+    # Amounts, coordinates, latencies: the native fast path for floats of few decimals.
+    value = round(float(x), places)  # type: ignore[arg-type]
+    native = load_native()
+    assert native is not None
+    assert native.float_text(value) == repr(value)
+    assert native.float_text(value / 1000) == repr(value / 1000)
 
 
 def test_native_float_text_leaves_inf_and_nan_to_python() -> None:

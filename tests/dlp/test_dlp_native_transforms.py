@@ -287,6 +287,31 @@ def test_native_plan_executor_equals_the_python_loop(record: object, raw: dict[s
     assert NATIVE._executors[plan] is not None
 
 
+def test_the_executor_finds_keys_of_any_object() -> None:
+    # The executor learns the key objects of the first record (decoders hand out one
+    # object per key text); records whose keys are other, equal objects transform alike.
+    plan = TransformPlan.compile(
+        {"customer.phone": {"type": "mask"}, "customer.address.zip": {"type": "suppress"}}
+    )
+
+    def record(build: Any) -> dict[str, Any]:
+        address = {build("zip"): "12345", build("street"): "Main St 1"}
+        return {build("customer"): {build("phone"): "555 0100", build("address"): address}}
+
+    for build in (
+        lambda k: k,
+        lambda k: "".join(list(k)),  # equal text, a new object each time
+        lambda k: orjson.loads(orjson.dumps(k)),
+    ):
+        for make in (record, lambda b: Sub(record(b))):
+            r = make(build)
+            before = repr(r)
+            want = outcome_record(PYTHON, r, plan)
+            assert want == {"customer": {"phone": "*** 0100", "address": {"street": "Main St 1"}}}
+            assert outcome_record(NATIVE, r, plan) == want
+            assert repr(r) == before
+
+
 def test_the_executor_is_used_only_for_plans_of_key_paths() -> None:
     keyed = TransformPlan.compile({"a.b": {"type": "mask"}})
     indexed = TransformPlan.compile({"a[0]": {"type": "mask"}, "b[*]": {"type": "mask"}})
@@ -507,6 +532,34 @@ _pii = st.sampled_from(
 )
 def test_executor_redact_text_equals_python(value: object, extra: dict[str, Any]) -> None:
     _same_in_executor({"type": "redact_text", **extra}, {"v": value})
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=30),
+        # Full-width and Arabic-Indic digits, zero-width and combining characters, letters
+        # of other scripts: Python's str.isalnum decides what is masked.
+        st.text(alphabet="0123456789０１２٣٤+-. ()\u200b\u0301éßΩж中\u2160\u00bd", max_size=25),
+        st.text(st.characters(codec=None, exclude_categories=()), max_size=12),  # surrogates too
+        st.integers(),
+    ),
+    st.integers(min_value=0, max_value=6),
+    st.integers(min_value=0, max_value=6),
+    st.sampled_from(["*", "•"]),
+    st.booleans(),
+)
+def test_executor_mask_of_any_text_equals_python(
+    value: object, keep_first: int, keep_last: int, char: str, keep_separators: bool
+) -> None:
+    spec = {
+        "type": "mask",
+        "keep_first": keep_first,
+        "keep_last": keep_last,
+        "char": char,
+        "keep_separators": keep_separators,
+    }
+    _same_in_executor(spec, {"v": value})
 
 
 @settings(max_examples=300, deadline=None)

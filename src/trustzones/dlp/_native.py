@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
-from typing import NoReturn, Protocol, cast
+from typing import Any, NoReturn, Protocol, cast
 
 __all__ = [
     "ExecutorStep",
@@ -26,11 +26,13 @@ __all__ = [
 
 
 class NativeEngine(Protocol):
-    """``trustzones_native.Engine``: the scanner core (see ``native/src/engine.rs``)."""
+    """``trustzones_native.Engine``: the scanner core (see ``native/src/engine.rs``). Its
+    findings are the ``Finding`` type it was built with (typed ``Any`` here, so that the
+    scanner returns them without a ``cast`` call on its hot path)."""
 
-    def scan_records(self, objs: Sequence[object]) -> list[list[object]]: ...
-    def scan_record(self, obj: object) -> list[object]: ...
-    def scan_text(self, text: str, ctx: Iterable[str]) -> list[object]: ...
+    def scan_records(self, objs: Sequence[object]) -> list[list[Any]]: ...
+    def scan_record(self, obj: object) -> list[Any]: ...
+    def scan_text(self, text: str, ctx: Iterable[str]) -> list[Any]: ...
     def detects(self, text: str) -> bool: ...
 
 

@@ -386,7 +386,7 @@ class Scanner:
         """Scan one string. ``field`` is the name of the field it came from (context)."""
         ctx = field_context(field) if field else _EMPTY
         if self._native is not None:
-            return cast("list[Finding]", self._native.scan_text(text, ctx))
+            return self._native.scan_text(text, ctx)
         found = self._detect([text], {0: ctx} if ctx else {}, {t: [0] for t in ctx})
         return [Finding(c[4], "", c[1], c[2], round(c[0], 2)) for c in found.get(0, ())]
 
@@ -417,13 +417,13 @@ class Scanner:
     def scan_record(self, obj: object) -> list[Finding]:
         """Scan a decoded JSON value (dict, list, str, number, bool or None)."""
         if self._native is not None:
-            return cast("list[Finding]", self._native.scan_record(obj))
+            return self._native.scan_record(obj)
         return self.scan_records([obj])[0]
 
     def scan_records(self, objs: Sequence[object]) -> list[list[Finding]]:
         """Scan several records in one pass; returns the findings of each, in order."""
         if self._native is not None:
-            return cast("list[list[Finding]]", self._native.scan_records(objs))
+            return self._native.scan_records(objs)
         c = self._collect(objs)
         texts = c.texts
         found = self._detect(texts, c.ctx_of, c.ctx_fields) if texts else {}

@@ -628,9 +628,9 @@ class Transformer:
         applied to many records."""
         compiled = plan if isinstance(plan, TransformPlan) else TransformPlan.compile(plan)
         if self._native is not None and compiled is plan:
-            if compiled in self._executors:
+            try:
                 executor = self._executors[compiled]
-            else:
+            except KeyError:
                 executor = self._native_executor(self._native, compiled)
                 with self._lock:
                     if len(self._executors) >= 64:
@@ -665,8 +665,9 @@ class Transformer:
     def _native_executor(self, native: NativeModule, plan: TransformPlan) -> NativeExecutor | None:
         """The native form of the loop of :meth:`apply_record` over :meth:`_apply_simple`
         steps, for a plan whose every path is made of keys: navigation and copy-on-write in
-        Rust, ``suppress``, ``mask`` and ``hash`` of ASCII text (any text without
-        normalisation), ``redact_text`` of ASCII text with a native scanner, and
+        Rust, ``suppress``, ``mask`` of any text (Python's ``str.isalnum`` decides, cached per
+        character, outside ASCII), ``hash`` of ASCII text (any text without normalisation),
+        ``redact_text`` of ASCII text with a native scanner, and
         ``encrypt_fpe`` (decimal digits), ``generalize`` and ``date_shift`` of the values on
         which they succeed (ISO dates in the forms of ``iso::parse`` in
         ``native/src/transforms.rs``) there too,
