@@ -70,3 +70,7 @@ def mask_ascii(
     text: str, *, keep_first: int, keep_last: int, char: str, keep_separators: bool
 ) -> str | None: ...
 def float_text(x: float) -> str | None: ...
+
+def preserving_token(value: str, keep_last: int, min_random: int, random: bytes) -> str | None:
+    """A format-preserving vault token for an ASCII value (see ``native/src/tokens.rs``);
+    None when the value is not ASCII, has too few random positions, or ``random`` runs out."""

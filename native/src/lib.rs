@@ -1,10 +1,11 @@
-//! `trustzones_native`: the native core of trustzones' DLP part (see `engine.rs` and
-//! `transforms.rs`). The Python package stays the reference; this module only makes it
-//! faster and must give identical results (tests/dlp/ check that with hypothesis).
+//! `trustzones_native`: the native core of trustzones' DLP part (see `engine.rs`,
+//! `transforms.rs` and `tokens.rs`). The Python package stays the reference; this module
+//! only makes it faster and must give identical results (tests/dlp/ check that with hypothesis).
 
 mod context;
 mod engine;
 mod json;
+mod tokens;
 mod transforms;
 mod validators;
 
@@ -25,6 +26,7 @@ fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transforms::PlanExecutor>()?;
     m.add_function(wrap_pyfunction!(transforms::mask_ascii, m)?)?;
     m.add_function(wrap_pyfunction!(float_text, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::preserving_token, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

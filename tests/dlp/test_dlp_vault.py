@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -245,7 +246,29 @@ def test_token_cache_is_bounded_and_holds_no_clear_value(tmp_path: Path) -> None
 # -- format-preserving tokens ------------------------------------------------------------
 
 
-def test_preserving_token_shapes() -> None:
+@pytest.fixture(params=["native", "python"])
+def token_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a token test on the native core's ASCII tokens, then on the Python ones."""
+    from trustzones.dlp import vault as vault_module
+
+    if request.param == "python":
+        monkeypatch.setattr(vault_module, "_native_token", None)
+    else:
+        assert vault_module._native_token is not None, (
+            "build the native core: python -m pip install ./native"
+        )
+    return str(request.param)
+
+
+def _both_paths() -> list[Any]:
+    """The native ASCII token maker and None (the Python one), for hypothesis tests."""
+    from trustzones.dlp import vault as vault_module
+
+    assert vault_module._native_token is not None, "python -m pip install ./native"
+    return [vault_module._native_token, None]
+
+
+def test_preserving_token_shapes(token_path: str) -> None:
     from trustzones.dlp.vault import _one_preserving_token
 
     for value, keep in (
@@ -269,7 +292,7 @@ def test_preserving_token_shapes() -> None:
                     assert b.isascii() and b.isupper()
 
 
-def test_preserving_token_characters_are_uniform() -> None:
+def test_preserving_token_characters_are_uniform(token_path: str) -> None:
     from collections import Counter
 
     from trustzones.dlp.vault import _one_preserving_token
@@ -288,7 +311,7 @@ def test_preserving_token_characters_are_uniform() -> None:
     assert all(580 < n < 960 for n in letters.values()), letters
 
 
-def test_preserving_token_refuses_to_keep_more_than_the_value_has() -> None:
+def test_preserving_token_refuses_to_keep_more_than_the_value_has(token_path: str) -> None:
     from trustzones.dlp.vault import _one_preserving_token
 
     with pytest.raises(ValueError, match="at least 6 random"):
@@ -315,6 +338,45 @@ def test_new_tokens_are_checked_with_the_callers_scanner(tmp_path: Path) -> None
         assert token[3] == "@" and token != "ann@example.com"
 
 
+def test_new_tokens_are_checked_in_the_field_they_are_written_to(tmp_path: Path) -> None:
+    """A field's name is context: in ``card.number`` a dashed 16-digit Luhn-valid run at the
+    start of a 19-digit token is a card number, alone it is not. A token checked alone
+    could be written there and every record carrying it held back for ever (the token of a
+    value never changes)."""
+    import random
+
+    from trustzones.dlp import Scanner
+
+    scanner = Scanner()
+    rng = random.Random(11)
+    values = [
+        "-".join(f"{rng.randrange(10**18, 10**19):019d}"[i : i + 4] for i in range(0, 19, 4))
+        for _ in range(150)
+    ]
+
+    def flagged(token: str) -> bool:
+        return bool(scanner.scan_text(token, field="card.number"))
+
+    kw: dict[str, Any] = {"domain": "card", "index_key": INDEX, "format": "preserve"}
+    with TokenVault(tmp_path / "v.db", cipher=aesgcm_cipher(KEY)) as vault:
+        # One by one: each new token is drawn until it passes in its field.
+        made = [
+            vault.tokenize(v, keep_last=3, scanner=scanner, field="card.number", **kw)
+            for v in values[:75]
+        ]
+        assert not [t for t in made if flagged(t)]
+        # Provisionally: settling without confirmations checks each in its field too.
+        with vault.provisional_batch() as tokens:
+            for v in values[75:]:
+                vault.tokenize(v, keep_last=3, scanner=scanner, field="card.number", **kw)
+            tokens.settle(())
+            final = [
+                vault.tokenize(v, keep_last=3, scanner=scanner, field="card.number", **kw)
+                for v in values[75:]
+            ]
+        assert not [t for t in final if flagged(t)]
+
+
 # -- fast format-preserving tokens ---------------------------------------------------------
 
 _ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -328,14 +390,24 @@ _ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 @settings(max_examples=300, deadline=None)
 def test_ascii_preserving_tokens_keep_shape_and_tail(value: str, keep: int) -> None:
+    from trustzones.dlp import vault as vault_module
     from trustzones.dlp.vault import MIN_RANDOM_CHARS, _one_preserving_token
 
+    for maker in _both_paths():
+        vault_module._native_token, saved = maker, vault_module._native_token
+        try:
+            _check_shape_and_tail(value, keep, MIN_RANDOM_CHARS, _one_preserving_token)
+        finally:
+            vault_module._native_token = saved
+
+
+def _check_shape_and_tail(value: str, keep: int, least: int, make: Any) -> None:
     alnum = [i for i, ch in enumerate(value) if ch.isalnum()]
-    if len(alnum) - keep < MIN_RANDOM_CHARS:
+    if len(alnum) - keep < least:
         with pytest.raises(ValueError, match="at least 6 random"):
-            _one_preserving_token(value, keep)
+            make(value, keep)
         return
-    token = _one_preserving_token(value, keep)
+    token = make(value, keep)
     assert len(token) == len(value)
     kept = set(alnum[len(alnum) - keep :]) if keep else set()
     for i, (a, b) in enumerate(zip(value, token, strict=True)):
@@ -358,13 +430,76 @@ def test_ascii_preserving_tokens_keep_shape_and_tail(value: str, keep: int) -> N
 def test_preserving_tokens_of_card_shaped_values_always_fail_luhn(
     digits: str, sep: str, keep: int
 ) -> None:
+    from trustzones.dlp import vault as vault_module
     from trustzones.dlp._validators import luhn_valid
     from trustzones.dlp.vault import _one_preserving_token
 
     value = sep.join(digits[i : i + 4] for i in range(0, len(digits), 4))
-    for _ in range(5):
-        token = _one_preserving_token(value, keep)
-        assert not luhn_valid("".join(ch for ch in token if ch.isdigit()))
+    saved = vault_module._native_token
+    try:
+        for maker in _both_paths():
+            vault_module._native_token = maker
+            for _ in range(5):
+                token = _one_preserving_token(value, keep)
+                assert not luhn_valid("".join(ch for ch in token if ch.isdigit()))
+    finally:
+        vault_module._native_token = saved
+
+
+def _per_byte_token(value: str, keep: int, least: int, random: bytes) -> str | None:
+    """The native token maker's rule, written again: each random position takes the next
+    pool byte below 250 (digits) or 234 (letters), modulo its alphabet; card-shaped tokens
+    are made to fail Luhn by moving the last random digit on."""
+    from trustzones.dlp._validators import luhn_valid
+
+    if not value.isascii():
+        return None
+    alnum = [i for i, ch in enumerate(value) if ch.isalnum()]
+    n_random = len(alnum) - keep if keep else len(alnum)
+    if n_random < least:
+        return None
+    out = list(value)
+    pool = iter(random)
+    for i in alnum[:n_random]:
+        ch = value[i]
+        alphabet, limit = (
+            ("0123456789", 250)
+            if ch.isdigit()
+            else ("abcdefghijklmnopqrstuvwxyz", 234)
+            if ch.islower()
+            else ("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 234)
+        )
+        b = next(pool, None)
+        while b is not None and b >= limit:
+            b = next(pool, None)
+        if b is None:
+            return None
+        out[i] = alphabet[b % len(alphabet)]
+    digits = "".join(ch for ch in out if ch.isdigit())
+    if all(value[i].isdigit() for i in alnum) and 13 <= len(alnum) <= 19 and luhn_valid(digits):
+        if not n_random:
+            return None  # no random digit to move on
+        last = alnum[n_random - 1]
+        out[last] = str((int(out[last]) + 1) % 10)
+    return "".join(out)
+
+
+@given(
+    value=st.one_of(
+        st.text(alphabet=_ALNUM + " -./_@", max_size=30),
+        st.text(alphabet="0123456789 -", min_size=13, max_size=23),
+        st.text(max_size=12),  # not ASCII at times: the native maker declines
+    ),
+    keep=st.integers(min_value=0, max_value=6),
+    least=st.integers(min_value=0, max_value=8),
+    random=st.binary(max_size=48),
+)
+@settings(max_examples=500, deadline=None)
+def test_native_tokens_follow_their_per_byte_rule(
+    value: str, keep: int, least: int, random: bytes
+) -> None:
+    (native, _python) = _both_paths()
+    assert native(value, keep, least, random) == _per_byte_token(value, keep, least, random)
 
 
 def test_token_shape_cache_holds_no_characters_of_values() -> None:

@@ -48,6 +48,27 @@ def test_provisional_tokens_decide_exactly_as_checked_tokens(ws: Workspace) -> N
     ]
 
 
+def test_a_token_is_checked_in_the_field_it_is_written_to(ws: Workspace) -> None:
+    """19-digit cards with dashes: a random token's first 16 digits may pass Luhn, and in
+    ``card.number`` the scanner reads such a run as a card (alone it does not). Such a
+    token must be drawn again, or every payment with that card would be held back."""
+    import random
+
+    from trustzones.dlp._validators import luhn_check_digit
+
+    rng = random.Random(4)
+    cards = []
+    for _ in range(150):
+        body = "4" + "".join(rng.choice("0123456789") for _ in range(17))
+        digits = body + luhn_check_digit(body)
+        cards.append("-".join(digits[i : i + 4] for i in range(0, 19, 4)))
+    values = [payment(i, card={"number": c, "brand": "visa"}) for i, c in enumerate(cards)]
+    outcomes = open_flow(ws, FLOW).decide_many(values)
+    held = [o.findings for o in outcomes if o.kind == "quarantine"]
+    assert not [f for f in held if any(x["path"] == "card.number" for x in f)]
+    assert all(o.kind == "deliver" for o in outcomes), held
+
+
 def test_a_fresh_runner_delivers_the_tokens_already_issued(ws: Workspace) -> None:
     approve(ws)
     card = "4716 2210 9735 5563"

@@ -933,6 +933,7 @@ class Transformer:
                 prefix=spec.prefix,
                 keep_last=spec.keep_last,
                 scanner=self._scanner,
+                field=path or None,  # a new token is checked as the content of its field
             )
         except TransformError as exc:
             if str(exc).startswith(f"tokenize at {path or '<value>'}:"):

@@ -60,6 +60,12 @@ from trustzones.errors import DecryptionFailed, TransformError, TrustzonesError
 if TYPE_CHECKING:
     from trustzones.dlp.scanner import Scanner
 
+_native_token: Callable[[str, int, int, bytes], str | None] | None
+try:  # the native core is optional (python -m pip install ./native)
+    from trustzones_native import preserving_token as _native_token
+except ImportError:
+    _native_token = None
+
 __all__ = [
     "ProvisionalToken",
     "ProvisionalTokens",
@@ -157,7 +163,9 @@ def _random_token(prefix: str) -> str:
 _TOKEN_ATTEMPTS = 64
 
 
-def _preserving_token(value: str, keep_last: int, scanner: Scanner | None = None) -> str:
+def _preserving_token(
+    value: str, keep_last: int, scanner: Scanner | None = None, field: str | None = None
+) -> str:
     """A random string shaped like ``value`` (see :func:`_one_preserving_token`) in which
     ``scanner`` (default: the default scanner) finds nothing: neither the whole token nor
     any part of it (a 16-digit run inside a 19-digit token, say) may pass as a card number,
@@ -169,7 +177,7 @@ def _preserving_token(value: str, keep_last: int, scanner: Scanner | None = None
         scanner = default_scanner()
     for _ in range(_TOKEN_ATTEMPTS):
         token = _one_preserving_token(value, keep_last)
-        if not scanner.detects(token):
+        if not _flagged(scanner, token, field):
             return token
     raise ValueError(
         f"no format-preserving token free of detectable patterns after {_TOKEN_ATTEMPTS} tries"
@@ -211,6 +219,13 @@ def _one_preserving_token(value: str, keep_last: int) -> str:
     kept. A Luhn-valid digit string gets a Luhn-invalid token, so a token is never
     mistaken for a card number."""
     if value.isascii():
+        if _native_token is not None:
+            # The same shape and alphabets, each random character from one pool byte (the
+            # bytes that would bias it skipped): ~10x faster. None when the value has too few
+            # random positions or the bytes run out: the Python path decides (and explains).
+            token = _native_token(value, keep_last, MIN_RANDOM_CHARS, _RANDOM.take(len(value) + 16))
+            if token is not None:
+                return token
         return _ascii_preserving_token(value, keep_last)
     # Every letter and digit, in any script, is a position: a full-width digit left in
     # place would leak.
@@ -393,6 +408,15 @@ _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
+def _flagged(scanner: Scanner, token: str, field: str | None) -> bool:
+    """Whether ``scanner`` finds anything in ``token``, as it would in ``field`` (a field's
+    name is context: a dashed 16-digit card run inside a 19-digit token counts as a card in
+    ``card.number`` and not alone)."""
+    if field is None:
+        return scanner.detects(token)
+    return bool(scanner.scan_text(token, field=field))
+
+
 def _default_scanner() -> Scanner:
     from trustzones.dlp.scanner import default_scanner
 
@@ -409,6 +433,7 @@ class _NewValue(NamedTuple):
     prefix: str
     keep_last: int
     scanner: Scanner | None
+    field: str | None
 
     def __repr__(self) -> str:  # never the value
         return f"_NewValue(domain={self.domain!r}, format={self.format!r})"
@@ -587,8 +612,9 @@ class TokenVault:
            (:meth:`ProvisionalTokens.take`);
         2. scans its records with the same scanner the tokens would be checked with;
         3. settles, naming the tokens found in records whose scan found nothing: those count
-           as checked (the scanner saw them in the field they are written to; only that field's
-           context differs from a check of the token alone); every other one is checked now;
+           as checked (the scanner saw them in the field they are written to, as the check of
+           a token alone does when ``tokenize`` is told its ``field``); every other one is
+           checked now;
            all are stored with one statement. A token that fails its check, whose value has a
            token already (issued meanwhile by another process, or not looked up), or that
            another value holds already, is replaced (by the value's stored token, or a new,
@@ -662,11 +688,13 @@ class TokenVault:
         prefix: str = "tok_",
         keep_last: int = 0,
         scanner: Scanner | None = None,
+        field: str | None = None,
     ) -> str:
         """The token of ``value`` in ``domain``, created (random, or shaped like the value
         when ``format="preserve"``) and stored sealed on first use. A new format-preserving
         token is one in which ``scanner`` (default: the default scanner; a flow passes its
-        own) finds nothing."""
+        own) finds nothing, read as the content of ``field`` when it is given (the path the
+        token is written to: its name is context for the scanner)."""
         fp = self._fingerprint(value, domain, index_key)
         ck = (domain, fp)
         with self._lock:
@@ -685,7 +713,9 @@ class TokenVault:
                     # Mostly new values lately: settling finds the few that exist.
                     if self._batch_error is not None:
                         raise TransformError(f"domain {domain!r}: the token vault batch has failed")
-                    new = _NEW(_NewValue, (value, domain, fp, format, prefix, keep_last, scanner))
+                    new = _NEW(
+                        _NewValue, (value, domain, fp, format, prefix, keep_last, scanner, field)
+                    )
                     return self._provisional_token(provisional, new, ck)
             row = self._db.execute(
                 "SELECT token FROM tokens WHERE domain=? AND fingerprint=?", (domain, fp)
@@ -695,7 +725,7 @@ class TokenVault:
                 self._remember(ck, token)
                 self._looked_up += 1
                 return token
-            new = _NewValue(value, domain, fp, format, prefix, keep_last, scanner)
+            new = _NewValue(value, domain, fp, format, prefix, keep_last, scanner, field)
             if self._batch_depth:
                 return self._tokenize_in_batch(new)
             for _ in range(_MAX_TRIES):
@@ -808,7 +838,7 @@ class TokenVault:
             domain, token = key
             if new.format == "preserve" and key not in confirmed:
                 scanner = new.scanner if new.scanner is not None else _default_scanner()
-                if scanner.detects(token):
+                if _flagged(scanner, token, new.field):
                     replaced.add(key)
                     continue
             rows.append((domain, token, new.fp, seal(new.value.encode(), _aad(domain, token)), now))
@@ -866,7 +896,7 @@ class TokenVault:
             try:
                 if not check:
                     return _one_preserving_token(new.value, new.keep_last)
-                return _preserving_token(new.value, new.keep_last, new.scanner)
+                return _preserving_token(new.value, new.keep_last, new.scanner, new.field)
             except ValueError as exc:
                 raise TransformError(f"domain {new.domain!r}: {exc}") from None
         return _random_token(new.prefix)
