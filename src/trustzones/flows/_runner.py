@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -108,7 +108,7 @@ class Outcome:
     kind: Literal["deliver", "quarantine"]
     value: bytes = b""
     reason: str = ""
-    findings: list[dict[str, Any]] = field(default_factory=list)
+    findings: Sequence[dict[str, Any]] = ()  # a shared empty default: one made per record
     redacted: int = 0
 
 
