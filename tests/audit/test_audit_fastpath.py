@@ -255,7 +255,10 @@ _flow_record = st.tuples(
     st.integers(-1, 2**53),
     st.one_of(st.none(), st.binary(max_size=16)),
     st.sampled_from(["allow", "quarantine", "deny"]),
-    st.one_of(st.none(), st.sampled_from(["dlp: card number", "x\ny", 'a "quoted" reason'])),
+    st.one_of(
+        st.none(),
+        st.sampled_from(["dlp: card number", "x\ny", 'a "quoted" reason', "café ✓ approuvé"]),
+    ),
 )
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
+import tempfile
 import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from audit_helpers import T0, make_events, raw
+from audit_helpers import T0, make_events, make_layout_1, raw
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymerkle import InmemoryTree
 
 from trustzones.audit import (
@@ -323,25 +327,49 @@ def test_threads_can_share_one_log(log: AuditLog, signer: NoteSigner) -> None:
     assert verify_log(log.path, signer.verifier()).tree_size == 200
 
 
-def test_a_log_with_the_old_search_indexes_still_opens_appends_and_searches(
+def test_a_layout_1_log_with_its_old_indexes_still_opens_appends_searches_and_verifies(
     db: Path, signer: NoteSigner
 ) -> None:
-    # Logs created before the id-only layout carry two more indexes; nothing depends on them.
-    with AuditLog.open(db, signer=signer) as log:
-        log.append_many(make_events(10))
+    # Logs of schema "1" keep the search columns in ``events``; the oldest of them carry two
+    # more indexes. Nothing is migrated: they keep working in their own layout.
+    make_layout_1(db)
     con = sqlite3.connect(db)
     con.execute("CREATE INDEX events_by_time ON events(time)")
     con.execute("CREATE INDEX events_by_principal ON events(principal, time)")
     con.commit()
     con.close()
+    every = make_events(30)
     with AuditLog.open(db, signer=signer) as log:
-        log.append_many(make_events(10, start=10))
-    reader = AuditReader(db, principal="carol", authorize=lambda who, op: True)
+        log.append_many(every[:10])
+    with AuditLog.open(db, signer=signer) as log:
+        log.append_many(every[10:20])
+        log.append_many(flow_transfers(
+            [(0, o, b"r%d" % o, "allow", None) for o in range(5)], flow="f1", principal="svc",
+            source_zone="restricted", source_topic="payments", destination_zone="internal",
+            destination_topic="clean",
+        ))  # fmt: skip
+        log.append_many(every[20:30])
+    con = sqlite3.connect(db)
+    assert dict(con.execute("SELECT key, value FROM meta").fetchall())["schema"] == "1"
+    assert con.execute("SELECT name FROM sqlite_master WHERE name = 'facets'").fetchone() is None
+    rows = con.execute(
+        "SELECT event_id, time, principal, zone, action, decision, body FROM events "
+        "ORDER BY leaf_index"
+    ).fetchall()
+    con.close()
+    assert [bytes(r[6]) for r in rows[:20]] == [canonical_json(e) for e in every[:20]]
+    assert [r[:6] for r in rows[:20]] == [
+        (e.id, e.time, e.data.principal, e.data.zone, e.data.action, e.data.decision)
+        for e in every[:20]
+    ]
+    reader = auditor(db)
     found = reader.search(principal="user-1", limit=100)
-    every = make_events(20)
-    expected = [i for i, e in enumerate(every) if e.data.principal == "user-1"]
+    expected = [i if i < 20 else i + 5 for i, e in enumerate(every) if e.data.principal == "user-1"]
     assert expected and [s.leaf_index for s in found] == expected
-    assert verify_log(db, signer.verifier()).tree_size == 20
+    assert [s.leaf_index for s in reader.search(principal="svc", action="flow.transfer")] == list(
+        range(20, 25)
+    )
+    assert verify_log(db, signer.verifier()).tree_size == 35
 
 
 def test_canonical_events_are_stored_as_they_are_and_verify(
@@ -357,10 +385,55 @@ def test_canonical_events_are_stored_as_they_are_and_verify(
     assert log.append_many(mixed) == range(25)
     con = sqlite3.connect(log.path)
     rows = con.execute(
-        "SELECT event_id, time, principal, zone, action, decision, body FROM events "
+        "SELECT event_id, time, principal, zone, action, decision, body "
+        "FROM events JOIN facets ON facets.id = events.facet "
         "WHERE leaf_index BETWEEN 3 AND 22 ORDER BY leaf_index"
     ).fetchall()
     con.close()
     assert [CanonicalEvent(*r[:6], bytes(r[6])) for r in rows] == batch
     assert [s.event for s in auditor(log.path).tail(100)[3:23]] == [e.event() for e in batch]
     assert verify_log(log.path, signer.verifier()).tree_size == 25
+
+
+@settings(max_examples=15, deadline=None)
+@given(batches=st.lists(st.integers(1, 130), min_size=1, max_size=4), layout_1=st.booleans())
+def test_rows_inserted_many_to_a_statement_are_the_events_in_order(
+    batches: list[int], layout_1: bool
+) -> None:
+    # Rows go in 50 to an INSERT and the rest one by one: every split must store each event's
+    # canonical bytes, leaf hash and search columns at its own leaf index.
+    signer = NoteSigner.generate("audit.test/rows")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "audit.db"
+        if layout_1:
+            make_layout_1(db)
+        every = make_events(sum(batches))
+        with AuditLog.open(db, signer=signer) as log:
+            start = 0
+            for n in batches:
+                assert log.append_many(every[start : start + n]) == range(start, start + n)
+                start += n
+        con = sqlite3.connect(db)
+        columns = (
+            "SELECT leaf_index, event_id, time, principal, zone, action, decision, leaf_hash, "
+            "body FROM events"
+        )
+        if not layout_1:
+            columns += " JOIN facets ON facets.id = events.facet"
+            (facets,) = con.execute("SELECT count(*) FROM facets").fetchone()
+            distinct = {(e.data.principal, e.data.zone, e.data.action, e.data.decision)
+                        for e in every}  # fmt: skip
+            assert facets == len(distinct)
+        rows = con.execute(columns + " ORDER BY leaf_index").fetchall()
+        con.close()
+        assert [r[0] for r in rows] == list(range(len(every)))
+        for row, e in zip(rows, every, strict=True):
+            body = canonical_json(e)
+            d = e.data
+            assert row[1:7] == (e.id, e.time, d.principal, d.zone, d.action, d.decision)
+            assert (bytes(row[7]), bytes(row[8])) == (hashlib.sha256(b"\0" + body).digest(), body)
+        found = auditor(db).search(principal="user-2", decision="allow", limit=1000)
+        wanted = [i for i, e in enumerate(every)
+                  if (e.data.principal, e.data.decision) == ("user-2", "allow")]  # fmt: skip
+        assert [s.leaf_index for s in found] == wanted
+        assert verify_log(db, signer.verifier()).tree_size == len(every)

@@ -3,7 +3,8 @@ can write the file could, and check that ``verify_log`` catches it and names whe
 
 The log holds 600 events appended 50 at a time with a checkpoint every 100 entries, so it has
 checkpoints 1..6 at sizes 100..600, saved subtree hashes for [0, 256), [256, 512) and [0, 512),
-and a signed head at 600.
+and a signed head at 600. Every case runs on both layouts of the ``events`` table: with
+``facets`` (new logs) and with the search columns in ``events`` (logs of schema "1").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from audit_helpers import make_events, raw
+from audit_helpers import insert_row, make_events, make_layout_1, raw
 
 from trustzones.audit import AuditLog, LogTampered, NoteSigner, canonical_json, verify_log
 from trustzones.audit.merkle import CompactRange
@@ -21,8 +22,10 @@ from trustzones.audit.notes import Checkpoint
 from trustzones.errors import AuditError, AuditVerificationFailed
 
 
-@pytest.fixture
-def full(db: Path, signer: NoteSigner) -> Path:
+@pytest.fixture(params=["facets", "layout-1"])
+def full(request: pytest.FixtureRequest, db: Path, signer: NoteSigner) -> Path:
+    if request.param == "layout-1":
+        make_layout_1(db)
     with AuditLog.open(db, signer=signer, checkpoint_interval=100) as log:
         events = make_events(600)
         for i in range(0, 600, 50):
@@ -86,11 +89,57 @@ def test_one_changed_byte_with_a_recomputed_leaf_hash_is_caught_by_the_signed_ro
     assert exc.checkpoint == 2 and exc.leaf_index == 100
 
 
+def has_facets(con: sqlite3.Connection) -> bool:
+    return "facet" in {r[1] for r in con.execute("PRAGMA table_info(events)")}
+
+
 def test_a_changed_search_column_is_named(full: Path, signer: NoteSigner) -> None:
     con = raw(full)
-    con.execute("UPDATE events SET principal = 'someone-else' WHERE leaf_index = 33")
+    if has_facets(con):  # point the entry at another facet (one with another principal)
+        con.execute(
+            "UPDATE events SET facet = (SELECT f.id FROM facets AS f, facets AS mine "
+            "WHERE mine.id = events.facet AND f.principal != mine.principal LIMIT 1) "
+            "WHERE leaf_index = 33"
+        )
+    else:
+        con.execute("UPDATE events SET principal = 'someone-else' WHERE leaf_index = 33")
     exc = caught(full, signer, r"entry 33 .* search columns or body were changed")
     assert exc.leaf_index == 33
+
+
+@pytest.mark.parametrize("full", ["facets"], indirect=True)  # layout 1 has no facets
+def test_a_changed_facet_is_named_at_its_first_entry(full: Path, signer: NoteSigner) -> None:
+    con = raw(full)
+    assert has_facets(con)
+    (facet,) = con.execute("SELECT facet FROM events WHERE leaf_index = 33").fetchone()
+    (first,) = con.execute(
+        "SELECT min(leaf_index) FROM events WHERE facet = ?", (facet,)
+    ).fetchone()
+    con.execute("UPDATE facets SET principal = 'someone-else' WHERE id = ?", (facet,))
+    exc = caught(full, signer, rf"entry {first} .* search columns or body were changed")
+    assert exc.leaf_index == first
+
+
+@pytest.mark.parametrize("full", ["facets"], indirect=True)
+def test_a_removed_facet_or_facets_table_is_caught(full: Path, signer: NoteSigner) -> None:
+    con = raw(full)
+    assert has_facets(con)
+    (facet,) = con.execute("SELECT facet FROM events WHERE leaf_index = 0").fetchone()
+    con.execute("DELETE FROM facets WHERE id = ?", (facet,))
+    exc = caught(full, signer, r"entry 0 .* search columns or body were changed")
+    assert exc.leaf_index == 0
+    con.execute("DROP TABLE facets")
+    caught(full, signer, r"the search columns cannot be read \(no such table: facets\)")
+
+
+@pytest.mark.parametrize("full", ["layout-1"], indirect=True)  # facets: covered above
+def test_search_columns_dropped_from_a_layout_1_log_are_caught(
+    full: Path, signer: NoteSigner
+) -> None:
+    con = raw(full)
+    assert not has_facets(con)
+    con.execute("ALTER TABLE events DROP COLUMN principal")
+    caught(full, signer, r"the search columns cannot be read")
 
 
 # -- delete one --------------------------------------------------------------------------------
@@ -183,27 +232,25 @@ def test_a_complete_rollback_needs_a_published_checkpoint(full: Path, signer: No
 # -- append a forged event -----------------------------------------------------------------------
 
 
-def forged_row(index: int) -> tuple[object, ...]:
+def forge(con: sqlite3.Connection, index: int) -> str:
+    """Insert a well-formed event nobody appended as entry ``index``; return its id."""
     e = make_events(1, start=10_000)[0]
-    b = canonical_json(e)
-    d = e.data
-    return (index, e.id, e.time, d.principal, d.zone, d.action, d.decision,
-            hashlib.sha256(b"\x00" + b).digest(), b)  # fmt: skip
+    insert_row(con, index, e, canonical_json(e))
+    return e.id
 
 
 def test_a_forged_event_appended_at_the_end_is_caught(full: Path, signer: NoteSigner) -> None:
     con = raw(full)
-    row = forged_row(600)
-    con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    forged = forge(con, 600)
     exc = caught(full, signer, r"entry 600 \(event id .*\) is not covered by the signed head")
-    assert (exc.leaf_index, exc.event_id) == (600, row[1])
+    assert (exc.leaf_index, exc.event_id) == (600, forged)
 
 
 def test_a_forged_event_with_an_updated_tree_state_is_caught(
     full: Path, signer: NoteSigner
 ) -> None:
     con = raw(full)
-    con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", forged_row(600))
+    forge(con, 600)
     tree = frontier_of(con, 601)
     con.execute("UPDATE state SET tree_size = 601, frontier = ?", (b"".join(tree.hashes),))
     exc = caught(full, signer, "stored tree state does not match the signed head")
@@ -221,7 +268,7 @@ def test_a_forged_event_in_the_middle_is_caught(full: Path, signer: NoteSigner) 
     con = raw(full)
     con.execute("UPDATE events SET leaf_index = -leaf_index - 1 WHERE leaf_index >= 420")
     con.execute("UPDATE events SET leaf_index = -leaf_index WHERE leaf_index < 0")
-    con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", forged_row(420))
+    forge(con, 420)
     exc = caught(full, signer, r"checkpoint 5 \(tree size 500\) does not match .* 400 to 499")
     assert exc.checkpoint == 5
 

@@ -182,7 +182,16 @@ def _verify(
 
 # One JSON parse per entry: json_extract with several paths returns them as one JSON array,
 # which json_array() of the columns must equal (both are minified by SQLite the same way).
+# Layout 2 keeps (principal, zone, action, decision) in ``facets``; an event whose facet row
+# is missing joins to NULLs and disagrees.
 _COLUMNS_DISAGREE = """
+SELECT e.leaf_index, e.event_id FROM events AS e LEFT JOIN facets AS f ON f.id = e.facet
+WHERE json_extract(e.body, '$.id', '$.time', '$.data.principal', '$.data.zone',
+                   '$.data.action', '$.data.decision')
+   IS NOT json_array(e.event_id, e.time, f.principal, f.zone, f.action, f.decision)
+ORDER BY e.leaf_index LIMIT 1
+"""
+_COLUMNS_DISAGREE_V1 = """
 SELECT leaf_index, event_id FROM events
 WHERE json_extract(body, '$.id', '$.time', '$.data.principal', '$.data.zone', '$.data.action',
                    '$.data.decision')
@@ -201,9 +210,13 @@ def _first_column_mismatch(con: sqlite3.Connection) -> tuple[int, str | None]:
     The columns are copies of body fields made at append time; SQLite compares them with
     the JSON in C, which is faster than parsing every body in Python.
     """
+    query = _COLUMNS_DISAGREE if _store.layout(con) == 2 else _COLUMNS_DISAGREE_V1
     try:
-        row = con.execute(_COLUMNS_DISAGREE).fetchone()
-    except sqlite3.OperationalError:  # a body that is not JSON at all: find it the slow way
+        row = con.execute(query).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "JSON" not in str(exc):  # a table or column is gone: nothing to compare with
+            raise _tampered(f"the search columns cannot be read ({exc})") from exc
+        # A body that is not JSON at all: find it the slow way.
         for index, body in con.execute("SELECT leaf_index, body FROM events ORDER BY leaf_index"):
             try:
                 orjson.loads(body)

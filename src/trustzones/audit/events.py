@@ -37,6 +37,7 @@ form (the tests check this against the ``rfc8785`` package); ``None`` fields are
 
 from __future__ import annotations
 
+import binascii
 import builtins
 import functools
 import hashlib
@@ -1005,18 +1006,20 @@ def flow_transfers(
 
     Each event's bytes are exactly ``canonical_json(flow_transfer(...))`` for the same record,
     id and time. The fields a batch shares are checked once per outcome and reason (the cached
-    template of :func:`flow_transfer`); a record then only adds values made or range-checked
-    here (id, time, partition, offset, content hash). A record whose own fields are not plainly
-    valid goes through :func:`flow_transfer`, which raises its reference error.
+    template of :func:`flow_transfer`), and their canonical bytes made once: a record then only
+    fills in values made or range-checked here (id, time, partition, offset, content hash),
+    none of which JSON needs to escape. A record whose own fields are not plainly valid goes
+    through :func:`flow_transfer`, which raises its reference error.
     """
     when: str | None = None
     if at is not None and builtins_type(at) is datetime and at.tzinfo is not None:
         when = str(_utc_time(at))
     fast = at is None or when is not None
-    # (outcome, reason, has content) -> (top-level fields, data fields, indexed columns)
-    shells: dict[tuple[str, str | None, bool], tuple[dict[str, Any], dict[str, Any]] | None] = {}
+    # (outcome, reason, has content) -> the canonical bytes around the per-record values
+    shells: dict[tuple[str, str | None, bool], _Shell | None] = {}
     out: list[CanonicalEvent] = []
-    dumps, sort_keys, now, uuid7, fmt = _dumps, _SORT_KEYS, _time.time_ns, _uuid7, _format_ns
+    now, uuid7, fmt, sha, hexlify = _time.time_ns, _uuid7, _format_ns, hashlib.sha256, _hexlify
+    join, new_canonical = b"".join, _new_canonical
     action = "flow.transfer"
     for partition, offset, content, outcome, reason in records:
         if (
@@ -1036,23 +1039,21 @@ def flow_transfers(
                     destination_topic, outcome, reason, content is not None,
                 )  # fmt: skip
             if shell is not None:
-                top, data = shell
-                d = data.copy()
-                d["source_partition"] = partition
-                d["source_offset"] = offset
-                if content is not None:
-                    d["content_hash"] = "sha256:" + hashlib.sha256(content).hexdigest()
                 now_ns = now()
-                t = top.copy()
-                event_id = t["id"] = uuid7(now_ns)
-                stamp = t["time"] = when if when is not None else fmt(now_ns)
-                t["data"] = d
-                body = dumps(t, option=sort_keys)
-                out.append(
-                    CanonicalEvent(
-                        event_id, stamp, principal, destination_zone, action, outcome, body
-                    )
-                )
+                event_id = uuid7(now_ns)
+                stamp = when if when is not None else fmt(now_ns)
+                numbers = b"%d%s%d" % (offset, shell[1], partition)
+                eid = event_id.encode()
+                parts: tuple[bytes, ...]
+                if content is None:
+                    parts = (shell[0], numbers, shell[2], eid, shell[3], stamp.encode(), shell[4])
+                else:
+                    digest = hexlify(sha(content).digest())
+                    parts = (shell[0], digest, shell[5], numbers, shell[2], eid, shell[3],
+                             stamp.encode(), shell[4])  # fmt: skip
+                body = join(parts)
+                fields = (event_id, stamp, principal, destination_zone, action, outcome)
+                out.append(new_canonical(CanonicalEvent, (*fields, body)))
                 continue
         event = flow_transfer(
             flow=flow, principal=principal, source_zone=source_zone, source_topic=source_topic,
@@ -1062,6 +1063,26 @@ def flow_transfers(
         )  # fmt: skip
         out.append(CanonicalEvent.of(event))
     return out
+
+
+_hexlify = binascii.hexlify
+_new_canonical = tuple.__new__  # CanonicalEvent(...) without its Python-level __new__
+
+_Shell = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+"""The canonical bytes of a flow-transfer template cut at its per-record values:
+``(before the first value, between offset and partition, before the id, between id and time,
+after the time, between the content hash and the offset)``; the last is empty without content.
+"""
+
+# Stand-ins for the per-record values while the template is serialised, in the order sorted
+# keys put them (data.content_hash, data.source_offset, data.source_partition, id, time). A
+# checked template holds no control character, so each one's escaped form appears only where
+# it was put.
+_SLOTS: Final = ("content_hash", "source_offset", "source_partition", "id", "time")
+
+
+def _slot(name: str) -> str:
+    return f"\x01{name}"
 
 
 def _flow_shell(
@@ -1074,9 +1095,9 @@ def _flow_shell(
     outcome: Decision,
     reason: str | None,
     has_content: bool,
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The canonical fields of a checked flow-transfer template, as plain dicts (the values a
-    record adds are overwritten per event); ``None`` when the template is refused."""
+) -> _Shell | None:
+    """The canonical bytes of a checked flow-transfer template, cut where a record's values go;
+    ``None`` when the template is refused (or, never expected, does not cut as planned)."""
     try:
         template = _flow_template(
             flow, principal, source_zone, source_topic, destination_zone, destination_topic,
@@ -1085,8 +1106,31 @@ def _flow_shell(
     except (AuditEventRejected, TypeError):
         return None  # flow_transfer, per record, raises the reference error
     top: dict[str, Any] = orjson.loads(canonical_json(template))
-    data: dict[str, Any] = top.pop("data")
-    return top, data
+    data: dict[str, Any] = top["data"]
+    for name in _SLOTS[:3]:
+        if name in data:
+            data[name] = _slot(name)
+    top["id"], top["time"] = _slot("id"), _slot("time")
+    text = _dumps(top, option=_SORT_KEYS)
+    # Cut at each stand-in (a JSON string, quotes included); ids, times and hashes go back
+    # between quotes, integers without.
+    cuts: list[bytes] = []
+    for name in _SLOTS if has_content else _SLOTS[1:]:
+        token = _dumps(_slot(name))
+        if text.count(token) != 1:
+            return None
+        head, text = text.split(token)
+        cuts.append(head)
+    cuts.append(text)
+    if has_content:
+        first, after_hash, between, before_id, before_time, tail = cuts
+        first, after_hash = first + b'"sha256:', b'"' + after_hash
+    else:
+        first, between, before_id, before_time, tail = cuts
+        after_hash = b""
+    return (
+        first, between, before_id + b'"', b'"' + before_time + b'"', b'"' + tail, after_hash,
+    )  # fmt: skip
 
 
 def quarantine(
