@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +270,18 @@ def _both_paths() -> list[Any]:
     return [vault_module._native_token, None]
 
 
+@contextmanager
+def _making_tokens_with(maker: Any) -> Iterator[None]:
+    """Make ASCII tokens with ``maker`` (None: the Python path) inside the block."""
+    from trustzones.dlp import vault as vault_module
+
+    saved, vault_module._native_token = vault_module._native_token, maker
+    try:
+        yield
+    finally:
+        vault_module._native_token = saved
+
+
 def test_preserving_token_shapes(token_path: str) -> None:
     from trustzones.dlp.vault import _one_preserving_token
 
@@ -390,15 +404,11 @@ _ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 @settings(max_examples=300, deadline=None)
 def test_ascii_preserving_tokens_keep_shape_and_tail(value: str, keep: int) -> None:
-    from trustzones.dlp import vault as vault_module
     from trustzones.dlp.vault import MIN_RANDOM_CHARS, _one_preserving_token
 
     for maker in _both_paths():
-        vault_module._native_token, saved = maker, vault_module._native_token
-        try:
+        with _making_tokens_with(maker):
             _check_shape_and_tail(value, keep, MIN_RANDOM_CHARS, _one_preserving_token)
-        finally:
-            vault_module._native_token = saved
 
 
 def _check_shape_and_tail(value: str, keep: int, least: int, make: Any) -> None:
@@ -430,20 +440,15 @@ def _check_shape_and_tail(value: str, keep: int, least: int, make: Any) -> None:
 def test_preserving_tokens_of_card_shaped_values_always_fail_luhn(
     digits: str, sep: str, keep: int
 ) -> None:
-    from trustzones.dlp import vault as vault_module
     from trustzones.dlp._validators import luhn_valid
     from trustzones.dlp.vault import _one_preserving_token
 
     value = sep.join(digits[i : i + 4] for i in range(0, len(digits), 4))
-    saved = vault_module._native_token
-    try:
-        for maker in _both_paths():
-            vault_module._native_token = maker
+    for maker in _both_paths():
+        with _making_tokens_with(maker):
             for _ in range(5):
                 token = _one_preserving_token(value, keep)
                 assert not luhn_valid("".join(ch for ch in token if ch.isdigit()))
-    finally:
-        vault_module._native_token = saved
 
 
 def _per_byte_token(value: str, keep: int, least: int, random: bytes) -> str | None:
