@@ -49,11 +49,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from trustzones.dlp._keyed import hmac_sha256
 from trustzones.dlp._validators import luhn_valid
 from trustzones.errors import DecryptionFailed, TransformError, TrustzonesError
 
@@ -392,22 +393,6 @@ def _ascii_preserving_token(value: str, keep_last: int) -> str:
     return "".join(parts)
 
 
-def _hmac_states(key: bytes, prefix: bytes) -> tuple[Any, Any]:
-    """HMAC-SHA-256 (RFC 2104) under ``key`` split into its two hash states, the inner one
-    having absorbed ``prefix``: copying them costs less than a new ``hmac`` object per
-    message, and ``inner + message`` then ``outer + inner digest`` is the same HMAC."""
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(64, b"\x00")
-    inner = hashlib.sha256(key.translate(_IPAD))
-    inner.update(prefix)
-    return inner, hashlib.sha256(key.translate(_OPAD))
-
-
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
 def _flagged(scanner: Scanner, token: str, field: str | None) -> bool:
     """Whether ``scanner`` finds anything in ``token``, as it would in ``field`` (a field's
     name is context: a dashed 16-digit card run inside a 19-digit token counts as a card in
@@ -489,7 +474,8 @@ class TokenVault:
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         #: Per (index key, domain): the HMAC's inner and outer hash states (RFC 2104).
-        self._hmacs: dict[tuple[bytes, str], tuple[Any, Any]] = {}
+        #: Per (index key, domain): the keyed digest and the message prefix ``domain NUL``.
+        self._hmacs: dict[tuple[bytes, str], tuple[Callable[[bytes], bytes], bytes]] = {}
         self._batch_depth = 0
         self._in_tx = False
         #: Tokens inserted by the open batch transaction, not yet committed.
@@ -555,16 +541,14 @@ class TokenVault:
         ).digest()
 
     def _fingerprint(self, value: str, domain: str, index_key: bytes) -> bytes:
-        """:meth:`fingerprint`, with the keyed states computed once per (key, domain)."""
-        states = self._hmacs.get((index_key, domain))
-        if states is None:
-            states = _hmac_states(index_key, domain.encode() + b"\x00")
+        """:meth:`fingerprint`, with the keyed HMAC set up once per (key, domain)."""
+        keyed = self._hmacs.get((index_key, domain))
+        if keyed is None:
+            keyed = (hmac_sha256(index_key), domain.encode() + b"\x00")
             if len(self._hmacs) < 64:
-                self._hmacs[(index_key, domain)] = states
-        inner, outer = states[0].copy(), states[1].copy()
-        inner.update(value.encode())
-        outer.update(inner.digest())
-        return bytes(outer.digest())
+                self._hmacs[(index_key, domain)] = keyed
+        digest, prefix = keyed
+        return digest(prefix + value.encode())
 
     def _remember(self, ck: tuple[str, bytes], token: str) -> None:
         if self._cache_size <= 0:

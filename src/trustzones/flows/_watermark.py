@@ -19,13 +19,13 @@ and destination, not the person who leaked; whoever holds the source zone's keys
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trustzones.dlp._keyed import hmac_sha256
 from trustzones.flows._paths import apply_at
 
 __all__ = ["Attribution", "Watermarker", "identify"]
@@ -34,23 +34,13 @@ _HEX = re.compile(r"^[0-9a-f]{12,}$")
 
 
 class _Tagger:
-    """The tag of a body, ``HMAC-SHA-256(key, body)[:2]`` in hex. The HMAC's inner and
-    outer hash states (RFC 2104) are computed once per key: copying them is cheaper than a
-    new ``hmac`` object per value."""
+    """The tag of a body, ``HMAC-SHA-256(key, body)[:2]`` in hex."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(64, b"\x00")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    def __init__(self, key: bytes, *, native: bool = True) -> None:
+        self._digest = hmac_sha256(key, native=native)
 
     def __call__(self, body: str) -> str:
-        inner = self._inner.copy()
-        inner.update(body.encode())
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:2].hex()
+        return self._digest(body.encode())[:2].hex()
 
 
 class Watermarker:
