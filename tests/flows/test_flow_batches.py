@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import threading
 from typing import Any
 
@@ -215,6 +216,30 @@ def test_rights_checks_are_recorded_even_when_the_batch_fails(
         runner.run(once=True)
     # prepare, _begin (carried by the batch that failed to write) and the second round
     assert checks() == before + 14
+    assert runner._carry is None
+
+
+def test_when_the_carried_events_cannot_be_recorded_either_it_says_so(
+    ws: Workspace, monkeypatch: Any, caplog: Any
+) -> None:
+    approve(ws)
+    ws.produce("payments.transactions", _events(ws, 5, seed=10), principal="payments-service")
+    runner = open_flow(ws, FLOW)
+
+    def failing(*_a: Any) -> Any:
+        raise RuntimeError("the batch could not be decided")
+
+    def unrecordable(_events: Any) -> Any:
+        raise OSError("the audit disk is full")
+
+    monkeypatch.setattr(runner, "_decide_batch", failing)
+    monkeypatch.setattr(ws.audit.log(), "append_many", unrecordable)
+    with pytest.raises(RuntimeError, match="could not be decided"):  # the first error
+        runner.step(10)
+    said = re.search(
+        r"'payments-to-analytics': (\d+) audit events .* could not be recorded", caplog.text
+    )
+    assert said is not None and int(said.group(1)) >= 2  # the two rights checks at least
     assert runner._carry is None
 
 

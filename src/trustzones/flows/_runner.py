@@ -39,11 +39,12 @@ each zone's backend is used by one thread at a time, so the protocol above is un
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, cast
@@ -57,7 +58,7 @@ from trustzones.config.schema import SchemaField
 from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.dlp.vault import ProvisionalToken, TokenVault
-from trustzones.errors import AuditError, FlowError, RecordRejected, TransformError
+from trustzones.errors import FlowError, RecordRejected, TransformError
 from trustzones.flows._paths import closed_leaf_paths, keep_only_checked, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import Backend, NewRecord, Record
@@ -66,6 +67,8 @@ from trustzones.zone import Workspace
 from trustzones.zone._ingress import MAX_DEPTH
 
 __all__ = ["FlowBlocked", "FlowRunner", "FlowStats", "Outcome", "quarantine_topic"]
+
+_log = logging.getLogger(__name__)
 
 
 #: How often a batch re-transforms records whose provisional tokens were replaced before it
@@ -531,8 +534,16 @@ class FlowRunner:
         self._cursor = self._reader = self._zones = None
         if reader is not None:
             _close(reader)
-        with suppress(AuditError):
+        carried = len(self._carry or ())
+        try:
             self._flush_carry()
+        except Exception:  # already failing: say so, and raise the first error
+            _log.exception(
+                "flow %r: %d audit events (rights checks, batch summaries) could not be "
+                "recorded while the runner stopped on an error",
+                self.name,
+                carried,
+            )
 
     @contextmanager
     def _deferring(self) -> Iterator[None]:
