@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from trustzones.dlp._ff1 import FF1
+from trustzones.dlp._keyed import hmac_sha256
 from trustzones.dlp._native import (
     ExecutorStep,
     NativeExecutor,
@@ -566,14 +567,14 @@ class Transformer:
         self._lock = threading.Lock()
         self._secrets: dict[str, bytes] = {}
         self._hmacs: dict[str, Any] = {}
-        self._shift_hmacs: dict[str, Any] = {}
+        #: The keyed digest of ``date_shift``, per (key name, native core in use).
+        self._shift_hmacs: dict[tuple[str, bool], Callable[[bytes], bytes]] = {}
         self._ff1: dict[tuple[str, str], FF1] = {}
         #: The native core (``trustzones_native``) when installed: ``mask``, ``hash``,
         #: ``encrypt_fpe``, the HMAC of ``date_shift`` and the walk of plans of key paths run
         #: there, with the same outputs. None: all in Python.
         self._native: NativeModule | None = load_native()
         self._native_hmacs: dict[str, NativeHmac] = {}
-        self._native_shift_hmacs: dict[str, NativeHmac] = {}
         #: Per compiled plan of key paths: its native executor (None: not applicable).
         self._executors: dict[TransformPlan, NativeExecutor | None] = {}
         self._scanners: dict[tuple[tuple[str, ...] | None, float], Scanner] = {}
@@ -1057,22 +1058,13 @@ class Transformer:
             raise _fail(spec, path, f"expects an ISO 8601 date string, got {_kind(value)}")
         day = _parse_iso_date(spec, value, path)
         data = str(subject).encode()
-        if self._native is not None:
-            keyed = self._native_shift_hmacs.get(spec.key)
-            if keyed is None:
-                keyed = self._native.HmacSha256(self._secret(spec, spec.key, path))
-                with self._lock:
-                    self._native_shift_hmacs[spec.key] = keyed
-            digest = keyed.digest(data)
-        else:
-            base = self._shift_hmacs.get(spec.key)
-            if base is None:
-                base = hmac.new(self._secret(spec, spec.key, path), digestmod=hashlib.sha256)
-                with self._lock:
-                    self._shift_hmacs[spec.key] = base
-            h = base.copy()
-            h.update(data)
-            digest = h.digest()
+        ck = (spec.key, self._native is not None)
+        keyed = self._shift_hmacs.get(ck)
+        if keyed is None:
+            keyed = hmac_sha256(self._secret(spec, spec.key, path), native=ck[1])
+            with self._lock:
+                self._shift_hmacs[ck] = keyed
+        digest = keyed(data)
         k = int.from_bytes(digest[:8], "big") % (2 * spec.max_days)
         days = k - spec.max_days if k < spec.max_days else k - spec.max_days + 1
         try:
