@@ -49,11 +49,7 @@ THREADED = PIPELINED.replace("    r.run(", "    r._overlap_pays = lambda: True\n
 
 
 def _run_and_kill(cwd: Path, rng: random.Random, batch: int, runner: str = RUNNER) -> bool:
-    # Killed within 0.15 s of its first batch, a flow gets only part of the way each time,
-    # however fast it has become (a fixed record count and a longer window let a faster flow
-    # finish before it had been killed often enough).
-    argv = [sys.executable, "-c", runner, str(batch)]
-    return kill_at_random(argv, cwd, rng, max_delay=0.15)
+    return kill_at_random([sys.executable, "-c", runner, str(batch)], cwd, rng)
 
 
 @pytest.mark.slow
