@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
+from trustzones.dlp._native import load_native
+
 __all__ = ["hmac_sha256"]
 
 _IPAD = bytes(b ^ 0x36 for b in range(256))
@@ -19,13 +21,9 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 def hmac_sha256(key: bytes, *, native: bool = True) -> Callable[[bytes], bytes]:
     """``f(message) == hmac.new(key, message, sha256).digest()``. ``native=False`` takes the
     standard library's path even where the native core is installed (tests compare both)."""
-    if native:
-        try:
-            from trustzones_native import HmacSha256
-        except ImportError:
-            pass
-        else:
-            return HmacSha256(key).digest
+    core = load_native() if native else None
+    if core is not None:
+        return core.HmacSha256(key).digest
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     key = key.ljust(64, b"\x00")

@@ -100,6 +100,9 @@ class NativeModule(Protocol):
         self, text: str, *, keep_first: int, keep_last: int, char: str, keep_separators: bool
     ) -> str | None: ...
     def float_text(self, x: float) -> str | None: ...
+    def preserving_token(
+        self, value: str, keep_last: int, min_random: int, random: bytes
+    ) -> str | None: ...
 
 
 _loaded: list[ModuleType | None] = []

@@ -55,17 +55,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from trustzones.dlp._keyed import hmac_sha256
+from trustzones.dlp._native import load_native
 from trustzones.dlp._validators import luhn_valid
 from trustzones.errors import DecryptionFailed, TransformError, TrustzonesError
 
 if TYPE_CHECKING:
     from trustzones.dlp.scanner import Scanner
 
-_native_token: Callable[[str, int, int, bytes], str | None] | None
-try:  # the native core is optional (python -m pip install ./native)
-    from trustzones_native import preserving_token as _native_token
-except ImportError:
-    _native_token = None
+_NATIVE = load_native()  # optional (python -m pip install ./native)
+_native_token: Callable[[str, int, int, bytes], str | None] | None = (
+    _NATIVE.preserving_token if _NATIVE is not None else None
+)
 
 __all__ = [
     "ProvisionalToken",
