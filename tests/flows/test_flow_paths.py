@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trustzones.flows._paths import (
+    KeepChecked,
     closed_leaf_paths,
     keep_only,
     keep_only_checked,
@@ -53,10 +54,23 @@ def test_keep_only_checked_is_keep_only_then_leaves_ok(
     fine = known - refused
     assert keep_only_checked(doc, allowed, problem, limit) == (expected, fits_expected)
     assert keep_only_checked(doc, allowed, problem, limit, fine) == (expected, fits_expected)
+    # The resolved-paths walk gives the same, the first time and from its resolved paths.
+    keep = KeepChecked(allowed, problem, limit)
+    assert keep(doc) == (expected, fits_expected)
+    assert keep(doc) == (expected, fits_expected)
+    assert keep(expected) == (expected, fits_expected)
     assert leaves_ok(expected, problem, limit, fine) is fits_expected
     asked.clear()
     leaves_ok(expected, problem, limit, fine)
     assert not fine.intersection(asked)
+
+
+def test_keep_checked_answers_for_a_scalar_record_and_many_unknown_keys() -> None:
+    refuse_root = lambda p: "no" if p == "" else None  # noqa: E731
+    assert KeepChecked({"a"}, refuse_root, 3)(5) == keep_only_checked(5, {"a"}, refuse_root, 3)
+    keep = KeepChecked({"a"}, lambda p: None, 3)
+    for i in range(600):  # more unknown keys than it remembers
+        assert keep({f"k{i}": 1, "a": 2}) == ({"a": 2}, True)
 
 
 def test_keep_only_checked_refuses_a_refused_leaf_and_a_too_deep_one() -> None:

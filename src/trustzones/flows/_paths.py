@@ -176,6 +176,96 @@ def _keep_checked(
     return node
 
 
+class _Shape:
+    """One schema path of :class:`KeepChecked`, resolved once."""
+
+    __slots__ = ("clean", "deep", "depth", "items", "kept", "keys", "spath")
+
+    def __init__(self, spath: str, kept: bool, depth: int, deep: bool, clean: bool) -> None:
+        self.spath = spath
+        self.kept = kept  # in the allowed paths (items of a kept array always are)
+        self.depth = depth  # the record is at depth 1, its fields at 2 (as leaves_ok counts)
+        self.deep = deep  # depth > the limit
+        self.clean = clean  # problem(spath) is None
+        self.keys: dict[str, _Shape] = {}
+        self.items: _Shape | None = None
+
+
+#: Paths remembered per object for keys that are not allowed: a record's unknown keys are
+#: input, so beyond this many they are looked up in ``allowed`` each time instead.
+_MAX_DROPPED = 256
+
+
+class KeepChecked:
+    """:func:`keep_only_checked` for one ``allowed`` set, ``problem`` and ``limit``, with
+    each schema path built, looked up and asked about once rather than once per record: the
+    walk follows a tree of resolved paths keyed by the record's keys. ``problem`` must give
+    the same answer for a path every time (the flow's does: it reads only the config)."""
+
+    def __init__(self, allowed: set[str], problem: Callable[[str], str | None], limit: int):
+        self._allowed = allowed
+        self._problem = problem
+        self._limit = limit
+        self._root = self._shape("", True, 1)
+
+    def __call__(self, doc: Any) -> tuple[Any, bool]:
+        bad: list[bool] = []
+        return self._walk(doc, self._root, bad), not bad
+
+    def _shape(self, spath: str, kept: bool, depth: int) -> _Shape:
+        clean = not kept or self._problem(spath) is None
+        return _Shape(spath, kept, depth, depth > self._limit, clean)
+
+    def _key(self, shape: _Shape, key: str, depth: int) -> _Shape:
+        p = f"{shape.spath}.{key}" if shape.spath else str(key)
+        child = self._shape(p, p in self._allowed, depth)
+        if child.kept or len(shape.keys) < _MAX_DROPPED:
+            shape.keys[key] = child
+        return child
+
+    def _walk(self, node: Any, shape: _Shape, bad: list[bool]) -> Any:
+        if shape.deep and not bad:
+            bad.append(True)
+        if isinstance(node, dict):
+            keys = shape.keys
+            out = {}
+            for k, v in node.items():
+                c = keys.get(k)
+                if c is None:
+                    c = self._key(shape, k, shape.depth + 1)
+                if not c.kept:
+                    continue
+                tv = type(v)
+                if tv is str or tv is int or tv is float or tv is bool or v is None:
+                    out[k] = v
+                    if (c.deep or not c.clean) and not bad:
+                        bad.append(True)
+                else:
+                    out[k] = self._walk(v, c, bad)
+            if not out and shape.spath and not shape.clean and not bad:
+                bad.append(True)
+            return out
+        if isinstance(node, list):
+            c = shape.items
+            if c is None:
+                c = shape.items = self._shape(f"{shape.spath}[*]", True, shape.depth + 1)
+            items = []
+            for v in node:
+                tv = type(v)
+                if tv is str or tv is int or tv is float or tv is bool or v is None:
+                    items.append(v)
+                    if (c.deep or not c.clean) and not bad:
+                        bad.append(True)
+                else:
+                    items.append(self._walk(v, c, bad))
+            if not items and shape.spath and not shape.clean and not bad:
+                bad.append(True)
+            return items
+        if not shape.clean and not bad:  # a leaf where a container was expected
+            bad.append(True)
+        return node
+
+
 def keep_only(doc: Any, allowed: set[str], prefix: str = "") -> Any:
     """A copy of ``doc`` without the fields whose schema path is not in ``allowed``."""
     if isinstance(doc, dict):

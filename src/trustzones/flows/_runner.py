@@ -59,7 +59,7 @@ from trustzones.dlp import Finding, Scanner
 from trustzones.dlp.transforms import Transformer, TransformPlan
 from trustzones.dlp.vault import ProvisionalToken, TokenVault
 from trustzones.errors import FlowError, RecordRejected, TransformError
-from trustzones.flows._paths import closed_leaf_paths, keep_only_checked, leaves, leaves_ok
+from trustzones.flows._paths import KeepChecked, closed_leaf_paths, leaves, leaves_ok
 from trustzones.flows._watermark import Watermarker
 from trustzones.streams import Backend, NewRecord, Record
 from trustzones.streams.base import UNDECRYPTABLE_HEADERS, Consumer
@@ -232,6 +232,7 @@ class FlowRunner:
         self._src_default = c.zone_of(self.source_topic).classification
         self._dst_default = c.zone_of(self.dest_topic).classification
         self._drop_unlisted = self.spec.drop_unlisted
+        self._keep = KeepChecked(self._allowed, self._path_problem, MAX_DEPTH)
         self._audit_each = c.zones[self.source_zone].controls.audit_level == "per-message"
         # The lineage headers that do not change from record to record, encoded once.
         self._lineage_head = (
@@ -343,9 +344,7 @@ class FlowRunner:
         # same length, so the checked shape, paths and types are those written.
         fits: bool | None = None
         if self._drop_unlisted:
-            out, fits = keep_only_checked(
-                out, self._allowed, self._path_problem, MAX_DEPTH, self._fine
-            )
+            out, fits = self._keep(out)
         if self._watermarker is not None:
             self._watermarker.mark(out)
         body = orjson.dumps(out)
