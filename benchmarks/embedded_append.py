@@ -103,12 +103,16 @@ def main() -> None:
                 for f in Path(d).glob(f"{name}-{r}.db*"):
                     os.unlink(f)
     n = a.records
-    print(f"embedded backend vs plain sqlite3 — {n} records of {len(values[0])} B, "
-          f"batches of {a.batch}, synchronous={a.sync}, best of {a.rounds}")
+    print(
+        f"embedded backend vs plain sqlite3 — {n} records of {len(values[0])} B, "
+        f"batches of {a.batch}, synchronous={a.sync}, best of {a.rounds}"
+    )
     for i, what in enumerate(("append", "consume")):
         o, p = n / best["ours"][i], n / best["plain"][i]
-        print(f"  {what:8s} ours {o:>10,.0f} rec/s   plain sqlite3 {p:>10,.0f} rec/s   "
-              f"ratio {o / p:.2f}")
+        print(
+            f"  {what:8s} ours {o:>10,.0f} rec/s   plain sqlite3 {p:>10,.0f} rec/s   "
+            f"ratio {o / p:.2f}"
+        )
 
 
 if __name__ == "__main__":

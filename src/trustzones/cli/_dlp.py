@@ -97,8 +97,7 @@ def _emit(lineno: int, findings: list[Finding], as_json: bool) -> None:
     default="auto",
     show_default=True,
     envvar="TRUSTZONES_DLP_ENGINE",
-    help="Matching engine (all give the same findings); auto: native, else hyperscan, else "
-    "python.",
+    help="Matching engine (all give the same findings); auto: native, else hyperscan, else python.",
 )
 def scan(file: Path, as_json: bool, types: str | None, min_confidence: float, engine: str) -> None:
     """Scan a JSON-lines FILE (one record per line; - reads stdin).

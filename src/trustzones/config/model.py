@@ -216,9 +216,7 @@ class AuditKafkaBackend(KafkaBackend):
     writer: Annotated[str, Field(pattern=_NAME)] = "trustzones-audit"
 
 
-AuditBackendSettings = Annotated[
-    EmbeddedBackend | AuditKafkaBackend, Field(discriminator="type")
-]
+AuditBackendSettings = Annotated[EmbeddedBackend | AuditKafkaBackend, Field(discriminator="type")]
 
 
 class AuditSettings(_Model):
