@@ -176,3 +176,31 @@ def test_the_workspace_and_cli_use_the_kafka_audit_zone(
     assert ids[:3] == [e.id for e in events] and len(ids) > 3
     assert main(["audit", "tail", "--as", "marketing-analyst"]) == 1  # not an auditor
     assert "needs the auditor role" in capsys.readouterr().err
+
+
+def test_an_append_the_broker_refuses_records_nothing_and_the_next_one_is_recorded(
+    kafka_clusters: list[KafkaCluster], kafka_prefix: str
+) -> None:
+    """Only the last record of an append reports its delivery; a refused append must still
+    record nothing, and the writer must go on (with a fresh producer: the refused one's
+    sequence numbers no longer match the broker's)."""
+    from confluent_kafka.admin import NewTopic
+
+    from trustzones.errors import AuditError
+
+    cluster = kafka_clusters[0]
+    conn = connection(cluster)
+    log_topic, cp_topic = audit_topics(kafka_prefix)
+    admin = AdminClient(_plain(conn))
+    small = {"max.message.bytes": "1500"}  # per record batch: one event fits, five do not
+    topics = [NewTopic(log_topic, 1, config=small), NewTopic(cp_topic, 1)]
+    for future in admin.create_topics(topics).values():
+        future.result()
+    signer = NoteSigner.generate("audit.test/kafka")
+    events = make_events(6)
+    assert all(len(canonical_json(e)) < 1000 for e in events)
+    with KafkaAuditLog(conn, signer=signer, prefix=kafka_prefix) as log:
+        with pytest.raises(AuditError, match="nothing is recorded"):
+            log.append_many(events[:5])
+        assert log.append_many(events[5:]) == 1
+    assert verify_kafka_log(conn, signer.verifier(), prefix=kafka_prefix).tree_size == 1

@@ -50,6 +50,7 @@ serialised by a lock, one transaction each).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import threading
 import time
@@ -412,27 +413,32 @@ class KafkaAuditLog:
             if err is not None:
                 errors.append(err)
 
+        last = len(records) - 1
         with self._lock:
             producer = self._producer
-            # 1. Begin; 2. produce every record; 3. flush and check every delivery;
-            # 4. commit. Any failure aborts, so readers (read_committed) see nothing of it.
+            produce = producer.produce
+            # 1. Begin; 2. produce every record; 3. flush and check the deliveries; 4. commit.
+            # Any failure aborts, so readers (read_committed) see nothing of it. Only the last
+            # record reports its delivery (one partition, delivered in order): a record that
+            # fails before it fails the transaction, and librdkafka refuses to commit it.
             try:
                 producer.begin_transaction()
-                for key, value, headers in records:
-                    producer.produce(
-                        topic, value=value, key=key, headers=headers, partition=0,
-                        on_delivery=delivered,
-                    )  # fmt: skip
+                for i, (key, value, headers) in enumerate(records):
+                    if i == last:
+                        produce(topic, value, key, 0, headers=headers, on_delivery=delivered)
+                    else:
+                        produce(topic, value, key, 0, headers=headers)
                 if producer.flush(self._timeout) or errors:
                     raise AuditError(
                         f"the broker did not acknowledge every audit record ({errors[:1]})"
                     )
                 producer.commit_transaction(self._timeout)
             except (KafkaException, AuditError, BufferError) as exc:
-                try:
+                with contextlib.suppress(KafkaException):  # fenced or broken: nothing to abort
                     producer.abort_transaction(self._timeout)
-                except KafkaException:
-                    self._producer = None  # fenced or broken: a new writer next time
+                # A new writer next time: after a refused record this one's sequence numbers
+                # lag the broker's, and its next transaction would fail too.
+                self._producer = None
                 raise _kafka_error(f"appending to {topic!r}", exc) from exc
 
     def checkpoint(self) -> str:
