@@ -5,7 +5,9 @@
 //!    text (values, and keys when keys are scanned), normalised to ASCII, into one buffer,
 //!    fields separated by NUL (no rule matches NUL), with each field's path node and
 //!    field-name context. Numbers are written as Python writes them (`str(int)`,
-//!    `repr(float)`) without calling Python.
+//!    `repr(float)`) without calling Python. A dict member whose key object was met
+//!    before and whose value is a leaf is read through borrowed references, without
+//!    touching reference counts or running Python code (`walk_dict`).
 //! 2. One lazy-DFA pass (`regex-automata`, all rules' prefilters and the keyword patterns
 //!    as one multi-pattern automaton, overlapping matches) over the buffer says which
 //!    pattern fired in which field: the role Hyperscan plays in the Hyperscan engine. The
@@ -38,6 +40,8 @@ use crate::context::{key_context, NOT_IP};
 use crate::validators::{Keywords, Span, Validator};
 
 const NONE: u32 = u32::MAX;
+/// The length of a key of `Collected::new_ctx` that is one of `Scratch::infos`.
+const KNOWN: u32 = u32::MAX;
 /// Python recurses twice per level of nesting and stops near 1000 frames; a record this
 /// deep is refused rather than risking the native stack.
 const MAX_DEPTH: usize = 2000;
@@ -69,11 +73,26 @@ enum Pat {
 /// A candidate: confidence, start, end (normalised offsets), rule index.
 type Cand = (f64, usize, usize, usize);
 
-/// Per-thread working memory, pooled: no lock is held while Python code runs.
-struct Scratch {
+/// What `Engine::detect` works with: the caches of the automata and buffers kept for
+/// their capacity.
+struct Det {
     dfa: Cache,
     /// One cache per rule for `Rule::fast`.
     rx: Vec<HybridCache>,
+    /// Per field, the patterns that fired in it.
+    fired: Vec<u64>,
+    /// A validator's accepted spans.
+    spans: Vec<Span>,
+    /// The candidates of one field.
+    cands: Vec<Cand>,
+    /// The output: the candidates kept, as (field, candidate), in field order and in text
+    /// order within a field.
+    found: Vec<(u32, Cand)>,
+}
+
+/// Per-thread working memory, pooled: no lock is held while Python code runs.
+struct Scratch {
+    det: Det,
     norm: FxHashMap<u32, u8>,
     /// ASCII keys seen before: their context, and the inherited contexts under which the
     /// key itself was scanned and held nothing (it need not be scanned again there). A key
@@ -82,6 +101,8 @@ struct Scratch {
     ctx: FxHashMap<Box<[u8]>, u32>,
     /// The `KeyInfo` of each key of `ctx`, by its index there.
     infos: Vec<KeyInfo>,
+    /// The text of each key of `ctx`, by its index there.
+    key_text: Vec<Box<[u8]>>,
     /// The same keys by the address of a `str` object that holds one (kept alive here, so
     /// the address names that text): decoders such as orjson hand out one object per key,
     /// and a pointer is cheaper to look up than the text.
@@ -105,6 +126,8 @@ impl KeyInfo {
 
 enum Seg {
     Key { start: u32, len: u32, pos: u32 },
+    /// A key known by its `str` object (`Scratch::by_ptr`): its text is `key_text[info]`.
+    Known { info: u32, pos: u32 },
     /// A key that is not valid UTF-8 (lone surrogates): rendered by Python.
     OddKey { idx: u32, pos: u32 },
     Index(u32),
@@ -115,10 +138,9 @@ struct Node {
     seg: Seg,
 }
 
+/// A field's place in the record (its text, length and context are in
+/// `Collected::spans`).
 struct Field {
-    start: u32,
-    len: u32,
-    ctx: u32,
     node: u32,
     rec: u32,
     is_key: bool,
@@ -130,12 +152,15 @@ struct Field {
 struct Collected {
     big: Vec<u8>,
     fields: Vec<Field>,
+    /// Per field: start, length and context, as `Engine::detect` takes them.
+    spans: Vec<(usize, usize, u32)>,
     nodes: Vec<Node>,
     keys: Vec<u8>,
     odd_keys: Vec<Py<PyAny>>,
     imaps: Vec<Vec<u32>>,
     /// Keys learnt in this batch: (start, len in `keys`, context, inherited context,
-    /// index of the key's own field or NONE).
+    /// index of the key's own field or NONE); for a key of `Scratch::infos`, start is
+    /// its index there and len is `KNOWN`.
     new_ctx: Vec<(u32, u32, u32, u32, u32)>,
 }
 
@@ -146,6 +171,7 @@ impl Collected {
         self.keys.fill(0);
         self.big.clear();
         self.fields.clear();
+        self.spans.clear();
         self.nodes.clear();
         self.keys.clear();
         self.odd_keys.clear();
@@ -212,11 +238,18 @@ impl Engine {
         let got = self.scratch.lock().ok().and_then(|mut v| v.pop());
         got.unwrap_or_else(|| {
             Box::new(Scratch {
-                dfa: self.dfa.create_cache(),
-                rx: self.rules.iter().map(|r| r.fast.create_cache()).collect(),
+                det: Det {
+                    dfa: self.dfa.create_cache(),
+                    rx: self.rules.iter().map(|r| r.fast.create_cache()).collect(),
+                    fired: Vec::new(),
+                    spans: Vec::new(),
+                    cands: Vec::new(),
+                    found: Vec::new(),
+                },
                 norm: FxHashMap::default(),
                 ctx: FxHashMap::default(),
                 infos: Vec::new(),
+                key_text: Vec::new(),
                 by_ptr: FxHashMap::default(),
                 col: Collected::default(),
             })
@@ -225,6 +258,7 @@ impl Engine {
 
     fn give_scratch(&self, mut s: Box<Scratch>) {
         s.col.clear();
+        s.det.found.clear();
         if s.col.big.capacity() > 8 << 20 {
             s.col = Collected::default();
         }
@@ -310,74 +344,167 @@ impl Engine {
             }
             None => NONE,
         };
-        c.fields.push(Field { start: start as u32, len: (c.big.len() - start) as u32, ctx, node, rec, is_key, imap });
+        let len = c.big.len() - start;
+        c.fields.push(Field { node, rec, is_key, imap });
+        c.spans.push((start, len, ctx));
         c.big.push(0);
         Ok(())
     }
 
-    fn add_ascii_field(c: &mut Collected, text: &[u8], node: u32, ctx: u32, rec: u32) {
+    fn add_ascii_field(c: &mut Collected, text: &[u8], node: u32, ctx: u32, rec: u32, is_key: bool) {
         let start = c.big.len();
         c.big.extend_from_slice(text);
-        c.fields.push(Field { start: start as u32, len: text.len() as u32, ctx, node, rec, is_key: false, imap: NONE });
+        c.fields.push(Field { node, rec, is_key, imap: NONE });
+        c.spans.push((start, text.len(), ctx));
         c.big.push(0);
     }
 
+    /// The members of a dict. The entries are read with `PyDict_Next` (borrowed
+    /// references): a member whose key is a `str` object met before (`Scratch::by_ptr`)
+    /// and whose value is a string, a number, a bool or None is handled without running
+    /// Python code, so nothing can change the dict meanwhile; every other member holds
+    /// strong references to its key and value before anything else (`walk_member`).
     fn walk_dict(&self, py: Python<'_>, c: &mut Collected, sc: &mut Scratch, d: &Bound<'_, PyDict>, node: u32, ctx: u32, rec: u32, depth: usize) -> PyResult<()> {
         let inherited = ctx & !NOT_IP;
-        for (pos, (k, v)) in d.iter().enumerate() {
-            let key = if k.is_exact_instance_of::<PyString>() {
-                k.cast_into::<PyString>()?
-            } else {
-                self.builtins[0].bind(py).call1((k,))?.cast_into::<PyString>()?
-            };
-            let (seg, kctx, scan) = match key.to_str() {
-                Ok(s) => {
-                    let start = c.keys.len() as u32;
-                    let kb = s.as_bytes();
-                    c.keys.extend_from_slice(kb);
-                    let ptr = key.as_ptr() as usize;
-                    let known = match sc.by_ptr.get(&ptr) {
-                        Some(&(_, i)) => Some(i),
-                        None if kb.is_ascii() => {
-                            let i = sc.ctx.get(kb).copied();
-                            if let (Some(i), true) = (i, sc.by_ptr.len() < CTX_CACHE_LIMIT) {
-                                sc.by_ptr.insert(ptr, (key.clone().unbind(), i));
-                            }
-                            i
-                        }
-                        None => None,
-                    };
-                    let (kctx, scan) = if !kb.is_ascii() {
-                        (self.python_context(py, key.as_any())?, self.scan_keys)
-                    } else if let Some(info) = known.map(|i| sc.infos[i as usize]) {
-                        let scan = self.scan_keys && !info.is_clean(inherited);
-                        if scan {
-                            c.new_ctx.push((start, kb.len() as u32, info.ctx, inherited, c.fields.len() as u32));
-                        }
-                        (info.ctx, scan)
-                    } else {
-                        let kctx = key_context(kb, &|t| self.bit_of(t));
-                        // The key's own field is the next one when keys are scanned.
-                        let field = if self.scan_keys { c.fields.len() as u32 } else { NONE };
-                        c.new_ctx.push((start, kb.len() as u32, kctx, inherited, field));
-                        (kctx, self.scan_keys)
-                    };
-                    (Seg::Key { start, len: kb.len() as u32, pos: pos as u32 }, kctx, scan)
+        let dp = d.as_ptr();
+        // SAFETY: `d` is a dict held by the caller; `PyDict_Next` hands out borrowed
+        // references valid until the dict changes, which only Python code run below could
+        // do: such code runs only in `walk_member`/`walk`, after they took their own
+        // references, and the size check below stops the loop if it changed the dict.
+        let size = unsafe { pyo3::ffi::PyDict_Size(dp) };
+        let str_type = std::ptr::addr_of_mut!(pyo3::ffi::PyUnicode_Type);
+        let mut at: pyo3::ffi::Py_ssize_t = 0;
+        let mut kp: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+        let mut vp: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+        let mut pos = 0u32;
+        while unsafe { pyo3::ffi::PyDict_Next(dp, &mut at, &mut kp, &mut vp) } != 0 {
+            let known = if unsafe { pyo3::ffi::Py_TYPE(kp) } == str_type { sc.by_ptr.get(&(kp as usize)).map(|&(_, i)| i) } else { None };
+            match known {
+                Some(i) => {
+                    let info = sc.infos[i as usize];
+                    let scan = self.scan_keys && !info.is_clean(inherited);
+                    c.nodes.push(Node { parent: node, seg: Seg::Known { info: i, pos } });
+                    let member = (c.nodes.len() - 1) as u32;
+                    if scan {
+                        c.new_ctx.push((i, KNOWN, info.ctx, inherited, c.fields.len() as u32));
+                        Self::add_ascii_field(c, &sc.key_text[i as usize], member, inherited, rec, true);
+                    }
+                    self.walk_value(py, c, sc, vp, member, inherited | info.ctx, rec, depth + 1)?;
                 }
-                Err(_) => {
-                    c.odd_keys.push(key.clone().into_any().unbind());
-                    let kctx = self.python_context(py, key.as_any())?;
-                    (Seg::OddKey { idx: (c.odd_keys.len() - 1) as u32, pos: pos as u32 }, kctx, self.scan_keys)
+                None => {
+                    // SAFETY: borrowed references from `PyDict_Next`, made strong here.
+                    let (k, v) = unsafe { (Bound::from_borrowed_ptr(py, kp), Bound::from_borrowed_ptr(py, vp)) };
+                    self.walk_member(py, c, sc, k, &v, pos, node, inherited, rec, depth)?;
                 }
-            };
-            c.nodes.push(Node { parent: node, seg });
-            let member = (c.nodes.len() - 1) as u32;
-            if scan {
-                self.add_field(py, c, sc, &key, member, inherited, rec, true)?;
             }
-            self.walk(py, c, sc, &v, member, inherited | kctx, rec, depth + 1)?;
+            if unsafe { pyo3::ffi::PyDict_Size(dp) } != size {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err("dictionary changed size during iteration"));
+            }
+            pos += 1;
         }
         Ok(())
+    }
+
+    /// One member of a dict whose key is not known by its object (see `walk_dict`).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_member(&self, py: Python<'_>, c: &mut Collected, sc: &mut Scratch, k: Bound<'_, PyAny>, v: &Bound<'_, PyAny>, pos: u32, node: u32, inherited: u32, rec: u32, depth: usize) -> PyResult<()> {
+        let key = if k.is_exact_instance_of::<PyString>() {
+            k.cast_into::<PyString>()?
+        } else {
+            self.builtins[0].bind(py).call1((k,))?.cast_into::<PyString>()?
+        };
+        let (seg, kctx, scan) = match key.to_str() {
+            Ok(s) => {
+                let start = c.keys.len() as u32;
+                let kb = s.as_bytes();
+                c.keys.extend_from_slice(kb);
+                let ptr = key.as_ptr() as usize;
+                let known = match sc.by_ptr.get(&ptr) {
+                    Some(&(_, i)) => Some(i),
+                    None if kb.is_ascii() => {
+                        let i = sc.ctx.get(kb).copied();
+                        if let (Some(i), true) = (i, sc.by_ptr.len() < CTX_CACHE_LIMIT) {
+                            sc.by_ptr.insert(ptr, (key.clone().unbind(), i));
+                        }
+                        i
+                    }
+                    None => None,
+                };
+                let (kctx, scan) = if !kb.is_ascii() {
+                    (self.python_context(py, key.as_any())?, self.scan_keys)
+                } else if let Some(info) = known.map(|i| sc.infos[i as usize]) {
+                    let scan = self.scan_keys && !info.is_clean(inherited);
+                    if scan {
+                        c.new_ctx.push((start, kb.len() as u32, info.ctx, inherited, c.fields.len() as u32));
+                    }
+                    (info.ctx, scan)
+                } else {
+                    let kctx = key_context(kb, &|t| self.bit_of(t));
+                    // The key's own field is the next one when keys are scanned.
+                    let field = if self.scan_keys { c.fields.len() as u32 } else { NONE };
+                    c.new_ctx.push((start, kb.len() as u32, kctx, inherited, field));
+                    (kctx, self.scan_keys)
+                };
+                (Seg::Key { start, len: kb.len() as u32, pos }, kctx, scan)
+            }
+            Err(_) => {
+                c.odd_keys.push(key.clone().into_any().unbind());
+                let kctx = self.python_context(py, key.as_any())?;
+                (Seg::OddKey { idx: (c.odd_keys.len() - 1) as u32, pos }, kctx, self.scan_keys)
+            }
+        };
+        c.nodes.push(Node { parent: node, seg });
+        let member = (c.nodes.len() - 1) as u32;
+        if scan {
+            self.add_field(py, c, sc, &key, member, inherited, rec, true)?;
+        }
+        self.walk(py, c, sc, v, member, inherited | kctx, rec, depth + 1)
+    }
+
+    /// `walk` of a value given as a borrowed reference: exact strings (ASCII, without lone
+    /// surrogates), ints of 64 bits, floats, bools and None without running Python code;
+    /// anything else through `walk`, holding a strong reference.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_value(&self, py: Python<'_>, c: &mut Collected, sc: &mut Scratch, vp: *mut pyo3::ffi::PyObject, node: u32, ctx: u32, rec: u32, depth: usize) -> PyResult<()> {
+        use pyo3::ffi;
+        // SAFETY: `vp` is a live object (a borrowed reference of the caller); the calls
+        // below only read it, and none runs Python code.
+        unsafe {
+            let t = ffi::Py_TYPE(vp);
+            if t == std::ptr::addr_of_mut!(ffi::PyUnicode_Type) {
+                let mut n: ffi::Py_ssize_t = 0;
+                let p = ffi::PyUnicode_AsUTF8AndSize(vp, &mut n);
+                if p.is_null() {
+                    // Lone surrogates: `walk` hands it to Python's `normalize`.
+                    drop(PyErr::take(py));
+                } else {
+                    let text = std::slice::from_raw_parts(p.cast::<u8>(), n as usize);
+                    if text.is_ascii() {
+                        Self::add_ascii_field(c, text, node, ctx, rec, false);
+                        return Ok(());
+                    }
+                }
+            } else if t == std::ptr::addr_of_mut!(ffi::PyLong_Type) {
+                let mut overflow: std::os::raw::c_int = 0;
+                let n = ffi::PyLong_AsLongLongAndOverflow(vp, &mut overflow);
+                if overflow == 0 && (n != -1 || ffi::PyErr_Occurred().is_null()) {
+                    let mut buf = itoa_buf(n);
+                    Self::add_ascii_field(c, buf.as_bytes_mut(), node, ctx, rec, false);
+                    return Ok(());
+                }
+                drop(PyErr::take(py));
+            } else if t == std::ptr::addr_of_mut!(ffi::PyFloat_Type) {
+                if let Some(text) = float_repr(ffi::PyFloat_AsDouble(vp)) {
+                    Self::add_ascii_field(c, text.as_bytes(), node, ctx, rec, false);
+                    return Ok(());
+                }
+            } else if vp == ffi::Py_None() || t == std::ptr::addr_of_mut!(ffi::PyBool_Type) {
+                return Ok(());
+            }
+        }
+        // SAFETY: as above; the reference is made strong before any Python code runs.
+        let obj = unsafe { Bound::from_borrowed_ptr(py, vp) };
+        self.walk(py, c, sc, &obj, node, ctx, rec, depth)
     }
 
     fn python_context(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<u32> {
@@ -414,7 +541,7 @@ impl Engine {
         if obj.is_exact_instance_of::<PyInt>() {
             if let Ok(n) = obj.extract::<i64>() {
                 let mut buf = itoa_buf(n);
-                Self::add_ascii_field(c, buf.as_bytes_mut(), node, ctx, rec);
+                Self::add_ascii_field(c, buf.as_bytes_mut(), node, ctx, rec, false);
                 return Ok(());
             }
             let text = obj.str()?;
@@ -423,7 +550,7 @@ impl Engine {
         if obj.is_exact_instance_of::<PyFloat>() {
             let x = obj.cast::<PyFloat>()?.value();
             if let Some(text) = float_repr(x) {
-                Self::add_ascii_field(c, text.as_bytes(), node, ctx, rec);
+                Self::add_ascii_field(c, text.as_bytes(), node, ctx, rec, false);
                 return Ok(());
             }
             let text = obj.repr()?;
@@ -450,7 +577,7 @@ impl Engine {
             let converted = self.builtins[i].bind(py).call1((obj,))?;
             return self.walk(py, c, sc, &converted, node, ctx, rec, depth);
         }
-        let path = self.render(py, c, node, &[])?;
+        let path = self.render(py, c, &sc.key_text, node, &[])?;
         let where_ = if path.is_empty() { "the top level".to_owned() } else { path };
         let tname = obj.get_type().name()?;
         Err(PyTypeError::new_err(format!(
@@ -461,24 +588,44 @@ impl Engine {
     // -- paths --------------------------------------------------------------------------
 
     /// `_paths.render_path` of a node; `hidden[n]` marks key nodes that hold a finding.
-    fn render(&self, py: Python<'_>, c: &Collected, node: u32, hidden: &[bool]) -> PyResult<String> {
-        let mut chain = Vec::new();
+    fn render(&self, py: Python<'_>, c: &Collected, key_text: &[Box<[u8]>], node: u32, hidden: &[bool]) -> PyResult<String> {
+        // The nodes from the top down: on the stack for paths of up to 16 segments.
+        let mut short = [0u32; 16];
+        let mut long = Vec::new();
+        let mut depth = 0;
         let mut n = node;
         while n != NONE {
-            chain.push(n);
+            if depth < short.len() {
+                short[depth] = n;
+            } else {
+                if long.is_empty() {
+                    long.extend_from_slice(&short);
+                }
+                long.push(n);
+            }
+            depth += 1;
             n = c.nodes[n as usize].parent;
         }
-        let mut out = String::new();
+        let chain = if long.is_empty() { &short[..depth] } else { &long[..] };
+        let mut out = String::with_capacity(64);
         for &n in chain.iter().rev() {
             match c.nodes[n as usize].seg {
                 Seg::Index(i) => {
-                    let _ = write!(out, "[{i}]");
+                    out.push('[');
+                    out.push_str(std::str::from_utf8(itoa_buf(i64::from(i)).as_bytes_mut()).unwrap_or_default());
+                    out.push(']');
                 }
-                Seg::Key { pos, .. } | Seg::OddKey { pos, .. } if hidden.get(n as usize).copied().unwrap_or(false) => {
-                    let _ = write!(out, "{{#{pos}}}");
+                Seg::Key { pos, .. } | Seg::Known { pos, .. } | Seg::OddKey { pos, .. } if hidden.get(n as usize).copied().unwrap_or(false) => {
+                    out.push_str("{#");
+                    out.push_str(std::str::from_utf8(itoa_buf(i64::from(pos)).as_bytes_mut()).unwrap_or_default());
+                    out.push('}');
                 }
-                Seg::Key { start, len, .. } => {
-                    let key = &c.keys[start as usize..(start + len) as usize];
+                Seg::Key { .. } | Seg::Known { .. } => {
+                    let key = match c.nodes[n as usize].seg {
+                        Seg::Known { info, .. } => &key_text[info as usize][..],
+                        Seg::Key { start, len, .. } => &c.keys[start as usize..(start + len) as usize],
+                        _ => &[],
+                    };
                     if is_ident(key) {
                         if !out.is_empty() {
                             out.push('.');
@@ -508,14 +655,15 @@ impl Engine {
     /// of `regex-automata` (`try_search_overlapping_fwd`) with the multi-pattern lazy DFA
     /// over `big`, written out. Every match state reached names the patterns whose match
     /// ends where it is entered; each goes to the field that holds the match's last byte.
-    fn fire(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache) -> PyResult<Vec<u64>> {
-        let mut fired = vec![0u64; fields.len()];
+    fn fire(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut Vec<u64>) -> PyResult<()> {
+        fired.clear();
+        fired.resize(fields.len(), 0);
         if big.is_empty() {
-            return Ok(fired);
+            return Ok(());
         }
         if self.lanes && fields.len() >= LANES {
-            if self.fire_lanes(big, fields, cache, &mut fired)? {
-                return Ok(fired);
+            if self.fire_lanes(big, fields, cache, fired)? {
+                return Ok(());
             }
             fired.fill(0);
         }
@@ -525,9 +673,9 @@ impl Engine {
             sid = self.dfa.next_state(cache, sid, byte).map_err(|_| dfa_failed())?;
             if sid.is_tagged() {
                 if sid.is_match() {
-                    self.mark(cache, sid, at, fields, &mut fi, &mut fired);
+                    self.mark(cache, sid, at, fields, &mut fi, fired);
                 } else if sid.is_dead() {
-                    return Ok(fired);
+                    return Ok(());
                 } else if sid.is_quit() {
                     return Err(dfa_failed());
                 }
@@ -535,9 +683,9 @@ impl Engine {
         }
         sid = self.dfa.next_eoi_state(cache, sid).map_err(|_| dfa_failed())?;
         if sid.is_match() {
-            self.mark(cache, sid, big.len(), fields, &mut fi, &mut fired);
+            self.mark(cache, sid, big.len(), fields, &mut fi, fired);
         }
-        Ok(fired)
+        Ok(())
     }
 
     /// `fire` as `LANES` searches run in step, each over a run of whole fields: a lazy DFA
@@ -582,21 +730,63 @@ impl Engine {
         }
         let [mut a, mut b, mut c] = lanes;
         // In step while all three have bytes left (the states stay in registers), then
-        // each to its end.
-        while a.at < a.end && b.at < b.end && c.at < c.end {
-            if !(self.step(big, fields, cache, fired, clears, &mut a)?
-                && self.step(big, fields, cache, fired, clears, &mut b)?
-                && self.step(big, fields, cache, fired, clears, &mut c)?)
+        // each to its end. A byte whose transition is in the table and leads to a state
+        // that is not tagged is the whole of the loop; anything else (a state to compute,
+        // a match) goes to `slow_step`.
+        // The three lanes advance together over their first `n` bytes, byte `i` of each
+        // at `start + i`; `untagged` says that no lane's state is tagged.
+        let n = (a.end - a.at).min(b.end - b.at).min(c.end - c.at);
+        let (a0, b0, c0) = (a.at, b.at, c.at);
+        let (ta, tb, tc) = (&big[a0..a0 + n], &big[b0..b0 + n], &big[c0..c0 + n]);
+        // The states live in locals (registers) and go back to the lanes around
+        // `slow_step` only.
+        let (mut sa, mut sb, mut sc) = (a.sid, b.sid, c.sid);
+        let mut untagged = !(sa.is_tagged() || sb.is_tagged() || sc.is_tagged());
+        let mut i = 0;
+        while i < n {
+            if untagged {
+                let na = dfa.next_state_untagged(cache, sa, ta[i]);
+                let nb = dfa.next_state_untagged(cache, sb, tb[i]);
+                let nc = dfa.next_state_untagged(cache, sc, tc[i]);
+                if !(na.is_tagged() || nb.is_tagged() || nc.is_tagged()) {
+                    (sa, sb, sc) = (na, nb, nc);
+                    i += 1;
+                    continue;
+                }
+            }
+            (a.at, b.at, c.at) = (a0 + i, b0 + i, c0 + i);
+            (a.sid, b.sid, c.sid) = (sa, sb, sc);
+            if !(self.slow_step(big, fields, cache, fired, clears, &mut a)?
+                && self.slow_step(big, fields, cache, fired, clears, &mut b)?
+                && self.slow_step(big, fields, cache, fired, clears, &mut c)?)
             {
                 return Ok(false);
             }
+            (sa, sb, sc) = (a.sid, b.sid, c.sid);
+            untagged = !(sa.is_tagged() || sb.is_tagged() || sc.is_tagged());
+            i += 1;
         }
+        (a.sid, b.sid, c.sid) = (sa, sb, sc);
+        (a.at, b.at, c.at) = (a0 + n, b0 + n, c0 + n);
         for lane in [&mut a, &mut b, &mut c] {
-            while lane.at < lane.end {
-                if !self.step(big, fields, cache, fired, clears, lane)? {
+            let text = &big[..lane.end];
+            let (mut sid, mut at) = (lane.sid, lane.at);
+            while at < text.len() {
+                if !sid.is_tagged() {
+                    let next = dfa.next_state_untagged(cache, sid, text[at]);
+                    if !next.is_tagged() {
+                        sid = next;
+                        at += 1;
+                        continue;
+                    }
+                }
+                (lane.sid, lane.at) = (sid, at);
+                if !self.slow_step(big, fields, cache, fired, clears, lane)? {
                     return Ok(false);
                 }
+                (sid, at) = (lane.sid, lane.at);
             }
+            (lane.sid, lane.at) = (sid, at);
         }
         // The end of the text is the end of the last lane that has bytes.
         let Some(tail) = [&mut c, &mut b, &mut a].into_iter().find(|lane| lane.scanned) else { return Ok(true) };
@@ -610,24 +800,14 @@ impl Engine {
         Ok(true)
     }
 
-    /// One byte of a lane of `fire_lanes`; false when the lanes must give up.
-    #[inline(always)]
-    fn step(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [u64], clears: usize, lane: &mut Lane) -> PyResult<bool> {
-        let dfa = &self.dfa;
-        let byte = big[lane.at];
-        // The table's entry; a state not computed yet (or a match state, which is tagged)
-        // takes the full step, which may compute and cache it.
-        let known = if lane.sid.is_tagged() { None } else { Some(dfa.next_state_untagged(cache, lane.sid, byte)).filter(|t| !t.is_unknown()) };
-        let next = match known {
-            Some(next) => next,
-            None => {
-                let next = dfa.next_state(cache, lane.sid, byte).map_err(|_| dfa_failed())?;
-                if cache.clear_count() != clears {
-                    return Ok(false);
-                }
-                next
-            }
-        };
+    /// One byte of a lane of `fire_lanes`, which may compute a state and record a match;
+    /// false when the lanes must give up.
+    #[inline(never)]
+    fn slow_step(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [u64], clears: usize, lane: &mut Lane) -> PyResult<bool> {
+        let next = self.dfa.next_state(cache, lane.sid, big[lane.at]).map_err(|_| dfa_failed())?;
+        if cache.clear_count() != clears {
+            return Ok(false);
+        }
         lane.sid = next;
         if next.is_tagged() {
             if !next.is_match() {
@@ -653,20 +833,18 @@ impl Engine {
         }
     }
 
-    /// Candidates kept per field (resolved, normalised offsets), for fields `0..n`.
-    fn detect(&self, big: &[u8], fields: &[(usize, usize, u32)], dfa_cache: &mut Cache, rx: &mut [HybridCache]) -> PyResult<Vec<Vec<Cand>>> {
-        let n = fields.len();
-        let fired = self.fire(big, fields, dfa_cache)?;
-        let mut out: Vec<Vec<Cand>> = Vec::with_capacity(n);
-        let mut spans: Vec<Span> = Vec::new();
+    /// The candidates kept per field (resolved, normalised offsets) into `det.found`, as
+    /// (field, candidate) in field order.
+    fn detect(&self, big: &[u8], fields: &[(usize, usize, u32)], det: &mut Det) -> PyResult<()> {
+        det.found.clear();
+        self.fire(big, fields, &mut det.dfa, &mut det.fired)?;
         for (fi, &(start, len, ctx)) in fields.iter().enumerate() {
-            let bits = fired[fi];
+            let bits = det.fired[fi];
             if bits == 0 && ctx == 0 {
-                out.push(Vec::new());
                 continue;
             }
             let text = &big[start..start + len];
-            let mut cands: Vec<Cand> = Vec::new();
+            det.cands.clear();
             let mut keyword_types = 0u32;
             let mut b = bits;
             while b != 0 {
@@ -679,7 +857,7 @@ impl Engine {
                         if rule.is_ip && ctx & NOT_IP != 0 {
                             continue;
                         }
-                        self.run_rule(ri, text, ctx & rule.type_bit != 0, &mut spans, &mut cands, &mut rx[ri]);
+                        self.run_rule(ri, text, ctx & rule.type_bit != 0, &mut det.spans, &mut det.cands, &mut det.rx[ri]);
                     }
                 }
             }
@@ -691,12 +869,12 @@ impl Engine {
                     if !(by_name || by_keyword) || (rule.is_ip && ctx & NOT_IP != 0) {
                         continue;
                     }
-                    self.run_rule(ri, text, by_name, &mut spans, &mut cands, &mut rx[ri]);
+                    self.run_rule(ri, text, by_name, &mut det.spans, &mut det.cands, &mut det.rx[ri]);
                 }
             }
-            out.push(resolve(cands));
+            resolve(&mut det.cands, fi as u32, &mut det.found);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn run_rule(&self, ri: usize, text: &[u8], has_ctx: bool, spans: &mut Vec<Span>, cands: &mut Vec<Cand>, cache: &mut HybridCache) {
@@ -771,20 +949,26 @@ impl Engine {
     }
 
     fn scan_collected<'py>(&self, py: Python<'py>, c: &Collected, n_records: usize, sc: &mut Scratch) -> PyResult<Vec<Bound<'py, PyList>>> {
-        let spans: Vec<(usize, usize, u32)> = c.fields.iter().map(|f| (f.start as usize, f.len as usize, f.ctx)).collect();
-        let found = self.detect(&c.big, &spans, &mut sc.dfa, &mut sc.rx)?;
+        self.detect(&c.big, &c.spans, &mut sc.det)?;
+        let found = &sc.det.found;
+        let has_findings = |field: u32| found.binary_search_by_key(&field, |&(f, _)| f).is_ok();
         for &(start, len, kctx, inherited, field) in &c.new_ctx {
-            if field != NONE && !found[field as usize].is_empty() {
+            if field != NONE && has_findings(field) {
                 continue;
             }
-            let kb = &c.keys[start as usize..(start + len) as usize];
-            if let Some(&i) = sc.ctx.get(kb) {
+            let known = if len == KNOWN {
+                Some(start)
+            } else {
+                sc.ctx.get(&c.keys[start as usize..(start + len) as usize]).copied()
+            };
+            if let Some(i) = known {
                 let info = &mut sc.infos[i as usize];
                 if field != NONE && !info.is_clean(inherited) && (info.n_clean as usize) < info.clean.len() {
                     info.clean[info.n_clean as usize] = inherited;
                     info.n_clean += 1;
                 }
             } else if sc.ctx.len() < CTX_CACHE_LIMIT {
+                let kb = &c.keys[start as usize..(start + len) as usize];
                 let mut info = KeyInfo { ctx: kctx, clean: [0; 4], n_clean: 0 };
                 if field != NONE {
                     info.clean[0] = inherited;
@@ -792,29 +976,32 @@ impl Engine {
                 }
                 sc.ctx.insert(kb.into(), sc.infos.len() as u32);
                 sc.infos.push(info);
+                sc.key_text.push(kb.into());
             }
         }
         let results: Vec<Bound<'py, PyList>> = (0..n_records).map(|_| PyList::empty(py)).collect();
         let mut hidden: Vec<bool> = Vec::new();
-        for (f, cands) in c.fields.iter().zip(&found) {
-            if cands.is_empty() {
-                continue;
-            }
+        let mut i = 0;
+        while i < found.len() {
+            let fi = found[i].0;
+            let n = found[i..].iter().take_while(|&&(f, _)| f == fi).count();
+            let f = &c.fields[fi as usize];
             if f.is_key {
                 if hidden.len() < c.nodes.len() {
                     hidden.resize(c.nodes.len(), false);
                 }
                 hidden[f.node as usize] = true;
             }
-            let path = if f.node == NONE { self.empty.bind(py).clone() } else { PyString::new(py, &self.render(py, c, f.node, &hidden)?) };
+            let path = if f.node == NONE { self.empty.bind(py).clone() } else { PyString::new(py, &self.render(py, c, &sc.key_text, f.node, &hidden)?) };
             let imap = (f.imap != NONE).then(|| &c.imaps[f.imap as usize]);
-            for &(conf, s, e, ri) in cands {
+            for &(_, (conf, s, e, ri)) in &found[i..i + n] {
                 let (s, e) = match imap {
                     Some(m) => (m[s], m[e - 1] + 1),
                     None => (s as u32, e as u32),
                 };
                 results[f.rec as usize].append(self.finding(py, ri, &path, s, e, conf, f.is_key)?)?;
             }
+            i += n;
         }
         Ok(results)
     }
@@ -876,10 +1063,12 @@ fn consumes_nul(nfa: &thompson::NFA) -> bool {
 }
 
 /// Keep the best of overlapping candidates: higher confidence, then longer, then
-/// earlier, then the rule listed first; in text order (`scanner._resolve`).
-fn resolve(mut cands: Vec<Cand>) -> Vec<Cand> {
+/// earlier, then the rule listed first; appended to `out` as (field, candidate) in text
+/// order (`scanner._resolve`).
+fn resolve(cands: &mut [Cand], field: u32, out: &mut Vec<(u32, Cand)>) {
     if cands.len() <= 1 {
-        return cands;
+        out.extend(cands.iter().map(|&c| (field, c)));
+        return;
     }
     cands.sort_by(|a, b| {
         b.0.total_cmp(&a.0)
@@ -887,14 +1076,13 @@ fn resolve(mut cands: Vec<Cand>) -> Vec<Cand> {
             .then(a.1.cmp(&b.1))
             .then(a.3.cmp(&b.3))
     });
-    let mut kept: Vec<Cand> = Vec::with_capacity(cands.len());
-    for c in cands {
-        if kept.iter().all(|k| c.2 <= k.1 || c.1 >= k.2) {
-            kept.push(c);
+    let base = out.len();
+    for &c in cands.iter() {
+        if out[base..].iter().all(|(_, k)| c.2 <= k.1 || c.1 >= k.2) {
+            out.push((field, c));
         }
     }
-    kept.sort_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
-    kept
+    out[base..].sort_by(|(_, a), (_, b)| (a.1, a.2).cmp(&(b.1, b.2)));
 }
 
 fn is_ident(key: &[u8]) -> bool {
@@ -1249,9 +1437,8 @@ impl Engine {
         let result = (|| {
             let mut c = Collected::default();
             self.add_field(py, &mut c, &mut sc, text, NONE, 0, 0, false)?;
-            let f = &c.fields[0];
-            let found = self.detect(&c.big, &[(f.start as usize, f.len as usize, 0)], &mut sc.dfa, &mut sc.rx)?;
-            Ok(!found[0].is_empty())
+            self.detect(&c.big, &c.spans, &mut sc.det)?;
+            Ok(!sc.det.found.is_empty())
         })();
         self.give_scratch(sc);
         result
@@ -1265,13 +1452,9 @@ impl Engine {
         let mut sc = self.take_scratch();
         let mut c = std::mem::take(&mut sc.col);
         c.big.extend_from_slice(text.as_bytes());
-        let result = self.detect(&c.big, &[(0, text.len(), 0)], &mut sc.dfa, &mut sc.rx).map(|mut found| {
-            found
-                .swap_remove(0)
-                .into_iter()
-                .map(|(_, s, e, ri)| (s, e, self.rules[ri].type_str.as_str()))
-                .collect()
-        });
+        let result = self
+            .detect(&c.big, &[(0, text.len(), 0)], &mut sc.det)
+            .map(|()| sc.det.found.iter().map(|&(_, (_, s, e, ri))| (s, e, self.rules[ri].type_str.as_str())).collect());
         sc.col = c;
         self.give_scratch(sc);
         result

@@ -230,18 +230,6 @@ pub struct HmacSha256 {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn b64url_nopad(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(B64URL[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
 #[pymethods]
 impl HmacSha256 {
     #[new]
@@ -286,6 +274,10 @@ pub fn mask_ascii(text: &str, mut keep_first: usize, mut keep_last: usize, char:
     if keep_first.saturating_add(keep_last) >= n {
         keep_first = 0;
         keep_last = 0;
+    }
+    if let &[m] = char.as_bytes() {
+        // One ASCII mask character (any one-byte UTF-8 is ASCII): byte for byte.
+        return String::from_utf8(mask_bytes(b, keep_first, keep_last, m, keep_separators, n)).ok();
     }
     let mut out = String::with_capacity(text.len() * char.len());
     if !keep_separators {
@@ -340,6 +332,24 @@ pub fn mask_ascii(text: &str, mut keep_first: usize, mut keep_last: usize, char:
     }
     out.push_str(&text[end..]);
     Some(out)
+}
+
+/// `mask_ascii` with a one-byte mask character `m`; `n` is the number of letters and
+/// digits of `b`, `keep_first + keep_last < n` or both are 0.
+fn mask_bytes(b: &[u8], keep_first: usize, keep_last: usize, m: u8, keep_separators: bool, n: usize) -> Vec<u8> {
+    let mut out = b.to_vec();
+    let mut seen = 0;
+    for c in out.iter_mut() {
+        if c.is_ascii_alphanumeric() {
+            if !(seen < keep_first || seen >= n - keep_last) {
+                *c = m;
+            }
+            seen += 1;
+        } else if !keep_separators {
+            *c = m;
+        }
+    }
+    out
 }
 
 /// `transforms.mask_text` on any text, given `str.isalnum` of each of its characters.
@@ -573,7 +583,7 @@ impl PlanExecutor {
                 let Ok(s) = value.cast_exact::<PyString>() else { return Ok(None) };
                 let Some(text) = s.to_str().ok().filter(|t| t.is_ascii()) else { return Ok(None) };
                 // ASCII: no normalisation, so the offsets are those of `text` itself.
-                let spans = engine.get().scan_ascii_spans(text)?.into_iter().map(|(s, e, t)| (s, e, t.to_owned())).collect();
+                let spans = engine.get().scan_ascii_spans(text)?;
                 Some(PyString::new(py, &redact_ascii(text, spans, *type_style, mask_char)).into_any())
             }
             NativeOp::Fpe { ff1, tweak, keep_first, keep_last, luhn_invalid } => {
@@ -633,21 +643,32 @@ impl PlanExecutor {
 }
 
 fn encode_digest(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str) -> String {
-    let encoded = if hex {
-        let mut s = String::with_capacity(64);
-        for b in digest {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        s
-    } else {
-        b64url_nopad(digest)
-    };
     // Both encodings are ASCII: any length cuts between characters.
-    let body = &encoded[..length.map_or(encoded.len(), |n| n.min(encoded.len()))];
+    let mut buf = [0u8; 128];
+    let n = if hex {
+        for (pair, b) in buf.chunks_exact_mut(2).zip(digest) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        (2 * digest.len()).min(buf.len())
+    } else {
+        let mut n = 0;
+        for chunk in digest.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                if n < buf.len() {
+                    buf[n] = B64URL[((v >> (18 - 6 * i)) & 63) as usize];
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let body = &buf[..length.map_or(n, |l| l.min(n))];
     let mut out = String::with_capacity(prefix.len() + body.len());
     out.push_str(prefix);
-    out.push_str(body);
+    out.push_str(std::str::from_utf8(body).unwrap_or_default());
     out
 }
 
@@ -1079,7 +1100,7 @@ mod iso {
 }
 
 /// `transforms.redact_spans` on ASCII text (offsets are byte offsets there).
-fn redact_ascii(text: &str, mut spans: Vec<(usize, usize, String)>, type_style: bool, mask_char: &str) -> String {
+fn redact_ascii(text: &str, mut spans: Vec<(usize, usize, &str)>, type_style: bool, mask_char: &str) -> String {
     spans.sort();
     let mut out = String::with_capacity(text.len() + 16);
     let mut pos = 0;
@@ -1092,7 +1113,7 @@ fn redact_ascii(text: &str, mut spans: Vec<(usize, usize, String)>, type_style: 
         out.push_str(&text[pos..start]);
         if type_style {
             out.push('[');
-            out.push_str(&type_);
+            out.push_str(type_);
             out.push(']');
         } else {
             for c in text[start..end].chars() {

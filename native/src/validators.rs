@@ -148,7 +148,15 @@ fn keyword_near(rx: &Option<Regex>, text: &[u8], start: usize, window: usize) ->
         None => false,
         Some(rx) => {
             let lo = start.saturating_sub(window);
-            rx.is_match(&text[lo..start].to_ascii_lowercase())
+            let mut buf = [0u8; 64];
+            match buf.get_mut(..start - lo) {
+                Some(lower) => {
+                    lower.copy_from_slice(&text[lo..start]);
+                    lower.make_ascii_lowercase();
+                    rx.is_match(lower)
+                }
+                None => rx.is_match(&text[lo..start].to_ascii_lowercase()),
+            }
         }
     }
 }
@@ -492,8 +500,8 @@ fn email(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) {
     let Some(dot) = text[s..e].iter().rposition(|&c| c == b'.') else {
         return;
     };
-    let tld = text[s + dot + 1..e].to_ascii_lowercase();
-    if FILE_EXTENSIONS.contains(&tld.as_slice()) {
+    let tld = &text[s + dot + 1..e];
+    if FILE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(tld)) {
         return;
     }
     out.push((s, e, if ctx { 0.95 } else { 0.9 }));
@@ -583,10 +591,27 @@ fn phone_loose(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) 
 
 // -- IP_ADDRESS ------------------------------------------------------------------------
 
-fn version_words() -> &'static Regex {
-    static RX: OnceLock<Regex> = OnceLock::new();
-    // `_rules._VERSION_WORDS`, searched in lower-cased ASCII text.
-    RX.get_or_init(|| Regex::new(r"(?-u)version|\bver\b|\bv\.?\s*$|release|build").expect("valid regex"))
+/// `_rules._VERSION_WORDS` (`version|\bver\b|\bv\.?\s*$|release|build`, a `str` pattern:
+/// `\s` includes the separators 0x1c-0x1f) searched in `window` lower-cased, as the
+/// validator searches the 12 characters before a candidate; `\b` and `$` at the ends of
+/// the window, as for a slice in Python.
+fn version_word_before(window: &[u8]) -> bool {
+    let lower = |c: u8| c.to_ascii_lowercase();
+    let has = |word: &[u8]| window.windows(word.len()).any(|w| w.iter().zip(word).all(|(&a, &b)| lower(a) == b));
+    if has(b"version") || has(b"release") || has(b"build") {
+        return true;
+    }
+    let word = |i: usize| window.get(i).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+    let space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f);
+    (0..window.len()).any(|i| {
+        if lower(window[i]) != b'v' || (i > 0 && word(i - 1)) {
+            return false;
+        }
+        let rest = &window[i + 1..];
+        let ver = rest.len() >= 2 && lower(rest[0]) == b'e' && lower(rest[1]) == b'r' && !word(i + 3);
+        let rest = rest.strip_prefix(b".").unwrap_or(rest);
+        ver || rest.iter().all(space)
+    })
 }
 
 fn ipv4(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) {
@@ -594,7 +619,7 @@ fn ipv4(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) {
         return;
     }
     let lo = s.saturating_sub(12);
-    if version_words().is_match(&text[lo..s].to_ascii_lowercase()) {
+    if version_word_before(&text[lo..s]) {
         return;
     }
     out.push((s, e, if ctx { 0.9 } else { 0.85 }));
@@ -728,6 +753,28 @@ pub fn jwt_valid(token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_words() {
+        for (w, want) in [
+            (&b"Version "[..], true),
+            (b"app ver ", true),
+            (b"app ver", true),
+            (b"over ", false),
+            (b"vers ", false),
+            (b"x v. ", true),
+            (b"x v.\x1c", true),
+            (b"x v.a", false),
+            (b"xv ", false),
+            (b"v", true),
+            (b"_v ", false),
+            (b"rebuild", true),
+            (b"releas", false),
+            (b"", false),
+        ] {
+            assert_eq!(version_word_before(w), want, "{:?}", String::from_utf8_lossy(w));
+        }
+    }
 
     #[test]
     fn luhn_and_brands() {

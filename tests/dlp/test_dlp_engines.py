@@ -244,6 +244,70 @@ def test_native_agrees_on_numbers_non_string_keys_and_unsupported_types(record: 
     assert outcome(lambda: NA.scan_record(record)) == outcome(lambda: PY.scan_record(record))
 
 
+# Values of every kind under keys the native engine already knows by their object (the
+# interned names of ``_FIELDS``): it reads such members without Python's help, borrowing
+# the dict's references, and must convert each value exactly as the Python walk does.
+class _Text(str):
+    pass
+
+
+_known_key_values = st.one_of(
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    text_strategy,
+    _any_text,
+    text_strategy.map(_Text),
+    st.lists(text_strategy, max_size=2),
+    st.dictionaries(st.sampled_from(_FIELDS), text_strategy, max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_FIELDS), _known_key_values, min_size=1, max_size=6))
+def test_native_agrees_on_values_under_known_keys(record: dict[str, object]) -> None:
+    want = outcome(lambda: PY.scan_record(record))
+    for _ in range(2):  # the second time, every clean key is known by its object
+        assert outcome(lambda: NA.scan_record(record)) == want
+
+
+def test_native_refuses_a_dict_changed_while_it_is_scanned() -> None:
+    # A key that is not a str is converted by calling str() on it, which runs Python code:
+    # the native walk borrows the dict's entries, so a change meanwhile must stop it.
+    record: dict[object, object] = {}
+
+    class Grows:
+        def __str__(self) -> str:
+            record[len(record)] = "x"
+            return "k"
+
+    record[Grows()] = "4111 1111 1111 1111"
+    record["name"] = "x"
+    with pytest.raises(RuntimeError, match="changed size"):
+        NA.scan_record(record)
+
+
+# ``_VERSION_WORDS`` (``version|\bver\b|\bv\.?\s*$|release|build``) in the 12 characters
+# before an IPv4 address: a ``str`` pattern, whose ``\s`` takes the separators 0x1c-0x1f.
+@pytest.mark.parametrize(
+    "prefix",
+    ["v", "v ", "v.", "v.\x1c", "v\x1c", "v\x1f ", "V\t", "xv ", "_v ", "v.a ", "ver ", "vers ",
+     "over ", "Ver:", "build ", "rebuild", "Release", "releas ", "version", "-v ", "(v.",
+     "app v9 ", "ver\x1c"],
+)  # fmt: skip
+def test_native_version_words_before_an_ip_address(prefix: str) -> None:
+    for text in (prefix + "10.1.2.3", "x " + prefix + "10.1.2.3 y"):
+        assert NA.scan_text(text) == PY.scan_text(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="vVerEsionRlabud ._-\t\x1c\x1f9", max_size=16))
+def test_native_version_words_agree_on_generated_prefixes(prefix: str) -> None:
+    text = prefix + "10.1.2.3"
+    assert NA.scan_text(text) == PY.scan_text(text)
+
+
 @pytest.mark.parametrize(
     "options",
     [
