@@ -17,11 +17,14 @@ Example::
 
 from __future__ import annotations
 
+import struct
+
 __all__ = ["murmur2", "partition_for"]
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
+_WORDS = struct.Struct("<2I")  # the common 8-11 byte key
 
 
 def murmur2(data: bytes) -> int:
@@ -29,11 +32,9 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (_SEED ^ length) & _MASK
     end = length - (length & 3)
-    for i in range(0, end, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
+    for k in _WORDS.unpack_from(data) if end == 8 else struct.unpack_from(f"<{end >> 2}I", data):
         k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
         h = ((h * _M) & _MASK) ^ k
     rest = length & 3
     if rest:
