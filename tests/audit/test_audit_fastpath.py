@@ -11,6 +11,8 @@ event with identical canonical bytes; and canonical JSON through orjson must equ
 from __future__ import annotations
 
 import json
+import random
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -107,6 +109,13 @@ def test_fast_path_accepts_only_what_the_reference_path_accepts(
     assert canonical_json(fast) == canonical_json(ref)
     assert fast.model_dump() == ref.model_dump()
     assert ev.event_from_json(canonical_json(fast)) == fast
+    # What the audit log stores of an event (its own one-pass reading of the models).
+    for e in (fast, ref, ref.model_copy(update={"subject": None})):
+        d = e.data
+        row = (e.id, e.time, d.principal, d.zone, d.action, d.decision, canonical_json(e))
+        assert ev._canonical_row(e) == row
+        assert tuple(ev.CanonicalEvent.of(e)) == row
+        assert row[6] == rfc8785.dumps(json.loads(row[6]))
 
 
 def test_fast_path_takes_the_common_events() -> None:
@@ -306,6 +315,46 @@ def test_flow_transfers_stamp_each_event_with_its_own_id_and_time() -> None:
     assert [e.time for e in batch] == sorted(e.time for e in batch)
     assert [e.event().data.extra["source_offset"] for e in batch] == list(range(50))
     assert batch[3].event().data.extra["content_hash"] == content_hash(b"r3")
+
+
+def test_flow_transfers_ids_and_times_follow_the_clock_even_backwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ids and times are made from prefixes kept per millisecond and per second: across
+    # millisecond and second boundaries, and with a clock that steps back, each event still
+    # gets its own clock reading's time and timestamp, like _format_ns and _uuid7 make them.
+    base = 1_790_000_000_999_999_000
+    clock = [base, base + 1, base + 999, base + 1_000, base + 2_000_000, base - 5,
+             base - 1_000_000_000, base + 3_000_000_000, base + 3_000_000_000]  # fmt: skip
+    monkeypatch.setattr(ev._time, "time_ns", iter(clock).__next__)
+    records = [(0, i, b"r%d" % i, "allow", None) for i in range(len(clock))]
+    shared = {"flow": "f1", "principal": "svc", "source_zone": "r", "source_topic": "p",
+              "destination_zone": "i", "destination_topic": "q"}  # fmt: skip
+    batch = ev.flow_transfers(records, **shared)
+    assert [e.time for e in batch] == [ev._format_ns(ns) for ns in clock]
+    for e, ns in zip(batch, clock, strict=True):
+        u = uuid.UUID(e.id)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+        assert u.int >> 80 == ns // 1_000_000  # the 48-bit millisecond timestamp
+        assert e.event().time == e.time
+    assert len({e.id for e in batch}) == len(batch)
+
+
+def test_uuid7_lays_out_the_timestamp_and_74_random_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    now_ns = 1_790_000_000_123_456_789
+    monkeypatch.setattr(ev, "_rng", random.Random(7))
+    drawn = random.Random(7).randbytes(10)
+    got = uuid.UUID(ev._uuid7(now_ns))
+    assert (got.version, got.variant) == (7, uuid.RFC_4122)
+    assert got.int >> 80 == now_ns // 1_000_000
+    r = int.from_bytes(drawn) >> 4  # the first 19 hex digits of the draw
+    rand_a = r >> 64
+    rand_b = (r >> 60 & 0x3) << 60 | r & (1 << 60) - 1  # the variant digit's two low bits, then 60
+    assert got.int >> 64 & 0xFFF == rand_a
+    assert got.int & (1 << 62) - 1 == rand_b
+    ids = {ev._uuid7(now_ns) for _ in range(1000)}  # the same millisecond: still all distinct
+    assert len(ids) == 1000
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
 
 
 def test_flow_transfers_refuse_a_sensitive_reason_without_echoing_it() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import tempfile
 import threading
@@ -31,8 +33,8 @@ from trustzones.audit import (
     check_proof,
     verify_log,
 )
-from trustzones.audit.events import CanonicalEvent, flow_transfers
-from trustzones.audit.merkle import verify_consistency
+from trustzones.audit.events import CanonicalEvent, access_decision, flow_transfers
+from trustzones.audit.merkle import CompactRange, verify_consistency
 from trustzones.errors import AccessDenied, AuditError
 
 
@@ -437,3 +439,103 @@ def test_rows_inserted_many_to_a_statement_are_the_events_in_order(
                   if (e.data.principal, e.data.decision) == ("user-2", "allow")]  # fmt: skip
         assert [s.leaf_index for s in found] == wanted
         assert verify_log(db, signer.verifier()).tree_size == len(every)
+
+
+@pytest.mark.parametrize("clash_at", [0, 75, 149])  # first statement, inside one, the tail
+def test_a_repeated_id_in_a_big_batch_leaves_nothing_behind(
+    log: AuditLog, signer: NoteSigner, clash_at: int
+) -> None:
+    # Rows go in 50 to an INSERT OR FAIL: the failing statement stops half-way and keeps the
+    # rows before the clash, so the whole transaction must be rolled back.
+    first = make_events(10)
+    log.append_many(first)
+    batch = make_events(150, start=100)
+    batch[clash_at] = first[3]
+    with pytest.raises(AuditEventRejected, match=r"same id is already in the log"):
+        log.append_many(batch)
+    assert len(auditor(log.path).tail(1000)) == 10
+    assert log.append_many(make_events(150, start=100)) == range(10, 160)
+    assert verify_log(log.path, signer.verifier()).tree_size == 160
+
+
+def test_a_big_batch_needs_no_statement_journal(log: AuditLog) -> None:
+    # With the default ABORT, SQLite journals each multi-row INSERT's pages to a temporary file
+    # (named etilqs_*, deleted while open) so that it can undo that statement alone; OR FAIL
+    # does not need one. Look for such a file among the open descriptors at commit time.
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd")
+    open_at_commit: set[str] = set()
+
+    class Spy:
+        def __init__(self, con: sqlite3.Connection) -> None:
+            self.con = con
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                for fd in fds.iterdir():
+                    with contextlib.suppress(OSError):
+                        open_at_commit.add(os.readlink(fd))
+            return self.con.execute(sql, *args)  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.con, name)
+
+    log._con = Spy(log._con)  # type: ignore[assignment]
+    log.append_many(make_events(1000))
+    assert open_at_commit  # the spy saw the commit
+    assert not [f for f in open_at_commit if "etilqs_" in f]
+
+
+def test_facet_ids_are_kept_only_once_committed(log: AuditLog, signer: NoteSigner) -> None:
+    first = make_events(3)
+    log.append_many(first)
+    new_facet = access_decision(
+        principal="dora", action="read", resource="topic/x", zone="restricted",
+        decision="allow", reason="ok", at=T0,
+    )  # fmt: skip
+    # A batch that adds a facet and then fails: the facet's row is rolled back with it ...
+    with pytest.raises(AuditEventRejected):
+        log.append_many([new_facet, first[0]])
+    assert ("dora", "restricted", "read", "allow") not in log._facet_ids
+    # ... so the next append adds it again rather than pointing at a row that is not there.
+    log.append(new_facet)
+    assert [s.event for s in auditor(log.path).search(principal="dora")] == [new_facet]
+    assert verify_log(log.path, signer.verifier()).tree_size == 4
+
+
+def test_facets_added_by_another_writer_are_found(db: Path, signer: NoteSigner) -> None:
+    with AuditLog.open(db, signer=signer) as one, AuditLog.open(db, signer=signer) as two:
+        one.append_many(make_events(6))  # user-0 ... and svc-* facets, cached by one
+        two.append_many(make_events(6, start=6))  # the same facets, looked up by two
+        one.append_many(make_events(6, start=12))
+    con = sqlite3.connect(db)
+    (facets,) = con.execute("SELECT count(*) FROM facets").fetchone()
+    (distinct,) = con.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT principal, zone, action, decision FROM facets)"
+    ).fetchone()
+    con.close()
+    assert facets == distinct  # no facet stored twice
+    assert verify_log(db, signer.verifier()).tree_size == 18
+    found = auditor(db).search(principal="svc-1", limit=100)
+    assert [s.event.data.principal for s in found] == ["svc-1"] * len(found)
+    assert len(found) == sum(e.data.principal == "svc-1" for e in make_events(18))
+
+
+def test_rows_numbered_other_than_the_leaves_are_refused(log: AuditLog, signer: NoteSigner) -> None:
+    # Rows take SQLite's next rowid as their leaf index; the append checks that the last one
+    # is the last new leaf. Make the transaction believe the tree is one leaf longer.
+    log.append_many(make_events(5))
+    checked = log._checked_state
+
+    def one_more() -> tuple[CompactRange, str]:
+        tree, head = checked()
+        tree.append(bytes(32))
+        return tree, head
+
+    log._checked_state = one_more  # type: ignore[method-assign]
+    with pytest.raises(AuditError, match=r"numbered up to 9, not 10; nothing was appended"):
+        log.append_many(make_events(5, start=5))
+    log._checked_state = checked  # type: ignore[method-assign]
+    assert len(auditor(log.path).tail(100)) == 5
+    assert verify_log(log.path, signer.verifier()).tree_size == 5

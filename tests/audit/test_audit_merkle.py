@@ -151,6 +151,36 @@ def test_compact_range_matches_recursion_and_reports_completed_subtrees() -> Non
     assert again.root() == tree.root()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.one_of(st.integers(0, 20), st.integers(0, 3000)),
+    counts=st.lists(st.one_of(st.integers(0, 9), st.integers(0, 700)), min_size=1, max_size=4),
+    min_level=st.sampled_from([1, 2, 8]),
+    as_bytearray=st.booleans(),
+)
+def test_extend_is_append_leaf_by_leaf(
+    start: int, counts: list[int], min_level: int, as_bytearray: bool
+) -> None:
+    # The batch update (level by level) against the reference (one leaf at a time): the same
+    # frontier and root after every batch, and the same completed subtrees at min_level up.
+    one, many = CompactRange(), CompactRange()
+    for i in range(start):
+        h = hashlib.sha256(b"%d" % i).digest()
+        one.append(h)
+        many.append(h)
+    n = start
+    for count in counts:
+        batch = [hashlib.sha256(b"%d" % i).digest() for i in range(n, n + count)]
+        expected = [c for h in batch for c in one.append(h) if c[0] >= min_level]
+        got = many.extend([bytearray(h) for h in batch] if as_bytearray else batch, min_level)
+        n += count
+        assert sorted(got) == sorted(expected)
+        assert len(got) == len(set(got))
+        assert (many.size, many.hashes, many.root()) == (one.size, one.hashes, one.root())
+        assert all(type(h) is bytes for h in many.hashes)
+    assert many.root() == root_hash(hashlib.sha256(b"%d" % i).digest() for i in range(n))
+
+
 def test_compact_range_rejects_a_frontier_of_the_wrong_shape() -> None:
     with pytest.raises(ValueError, match=r"has 2 frontier hashes"):
         CompactRange(3, [b"\x00" * 32])

@@ -13,8 +13,17 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trustzones.audit import AuditKeyInvalid, Checkpoint, NoteSigner, NoteVerifier, ProofInvalid
+from trustzones.audit import (
+    AuditKeyInvalid,
+    Checkpoint,
+    NoteSigner,
+    NoteVerifier,
+    ProofInvalid,
+    notes,
+)
 from trustzones.audit.notes import write_key_files
 
 GO_SIGNER = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
@@ -145,3 +154,24 @@ def test_key_files(tmp_path: Path) -> None:
     with pytest.raises(AuditKeyInvalid, match=r"cannot read"):
         NoteSigner.from_file(tmp_path / "missing.key")
     assert "PRIVATE" not in repr(signer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40) | st.text(max_size=40))
+def test_the_control_character_scan_is_the_character_by_character_rule(text: str) -> None:
+    # Notes may hold no character below U+0020 but the newline; the scan is a regex in C.
+    expected = any(c < " " and c != "\n" for c in text)
+    assert (notes._CONTROL.search(text) is not None) == expected
+    if expected:
+        with pytest.raises(ValueError, match=r"control characters"):
+            notes._check_text(text + "\n")
+        with pytest.raises(ProofInvalid, match=r"control characters"):
+            notes._split_note(text + "\n")
+    else:
+        notes._check_text(text + "\n")
+        refusal = ""
+        try:
+            notes._split_note(text + "\n")
+        except ProofInvalid as exc:  # refused, if at all, for another reason
+            refusal = str(exc)
+        assert "control characters" not in refusal

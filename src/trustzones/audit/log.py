@@ -72,8 +72,8 @@ from trustzones.audit._errors import (
 from trustzones.audit.events import (
     AuditEvent,
     CanonicalEvent,
+    _canonical_row,
     _utc_time,
-    canonical_json,
     event_from_json,
 )
 from trustzones.audit.merkle import (
@@ -124,37 +124,55 @@ def _rollback(con: sqlite3.Connection) -> None:
 _Facet = tuple[str, str, str, str]
 """An event's (principal, zone, action, decision): what searches filter on besides time."""
 
-# A row of ``events`` as queued: id, time, leaf hash, body (its facet is kept alongside, and
-# the transaction adds the leaf index and facet id). Hashes and bodies are bound as
-# ``bytearray``: the sqlite3 module binds it directly, where every ``bytes`` value first goes
-# through its adapter look-up (two failed attribute look-ups, ~3,000 instructions; the copy
-# costs less).
-_Row = tuple[str, str, bytearray, bytearray]
-
 # Rows are inserted 50 to a statement: each statement executed costs a GIL round trip and
 # SQLite's per-statement start and halt, which this spreads over 50 rows (68,800 instead of
 # 75,200 instructions per appended event, callgrind, batches of 1,000).
+#
+# The leaf index is not bound: ``leaf_index`` is the table's rowid, which SQLite numbers on
+# from the largest one (no look-up for a clash, no integer to bind; 560 fewer instructions
+# a row). The transaction has checked that the largest is the last leaf before it inserts,
+# and that the last row inserted got the last new leaf's index after (see _append_rows).
+#
+# ``OR FAIL``: a clash (a repeated event id) stops the statement and the whole transaction is
+# rolled back, as with the default ``ABORT``; but ``ABORT`` must undo just the failing
+# statement, so SQLite journals every page a multi-row statement touches to a temporary file
+# first (~40 pages of 16 KiB and ~100 system calls per 1,000 events), which ``FAIL`` does
+# not need.
 _ROWS_PER_INSERT = 50
+_COLUMNS = {
+    2: "event_id, time, facet, leaf_hash, body",
+    1: "event_id, time, principal, zone, action, decision, leaf_hash, body",
+}
 
 
 @functools.cache
-def _insert_sql(columns: int, rows: int) -> str:
-    row = "(" + ", ".join("?" * columns) + ")"
-    return "INSERT INTO events VALUES " + ", ".join([row] * rows)  # noqa: S608 - placeholders
+def _insert_sql(layout: int, rows: int) -> str:
+    columns = _COLUMNS[layout]
+    row = "(" + ", ".join("?" * (columns.count(",") + 1)) + ")"
+    return f"INSERT OR FAIL INTO events({columns}) VALUES " + ", ".join([row] * rows)  # noqa: S608
 
 
-def _insert_events(con: sqlite3.Connection, params: list[Any], columns: int) -> None:
-    """Insert the rows whose values are laid out one after another in ``params``."""
+def _insert_events(con: sqlite3.Connection, layout: int, start: int, params: list[Any]) -> None:
+    """Insert the rows whose values are laid out one after another in ``params``, in the
+    order of ``_COLUMNS[layout]``; the first is leaf ``start``."""
+    columns = _COLUMNS[layout].count(",") + 1
+    if start == 0:  # SQLite numbers the first row of a table 1: the first leaf is given its 0
+        con.execute(
+            f"INSERT OR FAIL INTO events(leaf_index, {_COLUMNS[layout]}) "  # noqa: S608
+            f"VALUES (0{', ?' * columns})",
+            params[:columns],
+        )
+        params = params[columns:]
     width = columns * _ROWS_PER_INSERT
     full = len(params) - len(params) % width
     if full:
         con.executemany(
-            _insert_sql(columns, _ROWS_PER_INSERT),
+            _insert_sql(layout, _ROWS_PER_INSERT),
             [params[k : k + width] for k in range(0, full, width)],
         )
     if full < len(params):
         con.executemany(
-            _insert_sql(columns, 1),
+            _insert_sql(layout, 1),
             [params[k : k + columns] for k in range(full, len(params), columns)],
         )
 
@@ -168,14 +186,17 @@ def _frontier(size: int, blob: bytes) -> CompactRange:
 
 
 class _Request:
-    """One queued ``append_many``: its rows and facets, then its leaf indices or the error that
-    stopped it."""
+    """One queued ``append_many``: its rows' values one after another (all but the leaf index,
+    in the order of the file's ``events`` columns; see :meth:`AuditLog.append_many`), then its
+    leaf indices or the error that stopped it."""
 
-    __slots__ = ("done", "error", "facets", "rows", "written")
+    __slots__ = ("columns", "count", "done", "error", "params", "unresolved", "written")
 
-    def __init__(self, rows: list[_Row], facets: list[_Facet]) -> None:
-        self.rows = rows
-        self.facets = facets
+    def __init__(self, params: list[Any], columns: int, unresolved: bool) -> None:
+        self.params = params
+        self.columns = columns
+        self.count = len(params) // columns
+        self.unresolved = unresolved  # a facet not known yet stands in place of its id
         self.done = False
         self.written: range | None = None
         self.error: BaseException | None = None
@@ -222,6 +243,9 @@ class AuditLog:
         self._trusted_head: str | None = None  # the last head this process checked or signed
         self._busy_timeout_s = busy_timeout_s
         self._layout = 2  # of the events table (see _store.layout), read by _initialise
+        # Facet ids committed by this process: facets are append-only, so an id once committed
+        # stays that facet's (a tampered facets table is verify_log's to report).
+        self._facet_ids: dict[_Facet, int] = {}
         self._con = _store.connect(self.path, read_only=False, busy_timeout_s=busy_timeout_s)
         try:
             self._initialise()
@@ -292,28 +316,39 @@ class AuditLog:
         A :class:`~trustzones.audit.events.CanonicalEvent` (from a batch constructor such as
         :func:`~trustzones.audit.events.flow_transfers`) is stored as it is, already canonical.
         """
-        # 1. Serialise and hash outside any lock: it is the expensive part. Leaf indices and
-        #    facet ids are filled in by the transaction that writes the rows.
-        rows: list[_Row] = []
-        facets: list[_Facet] = []
-        add_row, add_facet = rows.append, facets.append
-        sha = _sha256
-        canonical = canonical_json
-        blob = bytearray
+        # 1. Serialise and hash outside any lock: it is the expensive part. Each row's values
+        #    go one after another into one list, in the order of the ``events`` columns after
+        #    the leaf index (which the transaction gives). Facet ids come from those this
+        #    process has committed; a facet without one stands in its id's place until the
+        #    transaction looks it up. Hashes and bodies are bound as ``bytearray``: the sqlite3
+        #    module binds it directly, where every ``bytes`` value first goes through its
+        #    adapter look-up (two failed attribute look-ups, ~3,000 instructions; the copy
+        #    costs less).
+        params: list[Any] = []
+        add = params.extend
+        sha, blob, canonical = _sha256, bytearray, _canonical_row
+        with_facets = self._layout == 2
+        facet_id = self._facet_ids.get
+        unresolved = False
         for event in events:
             if isinstance(event, CanonicalEvent):
-                body = event.body
-                add_row((event.id, event.time, blob(sha(_LEAF + body).digest()), blob(body)))
-                add_facet((event.principal, event.zone, event.action, event.decision))
-                continue
-            body = canonical(event)
-            top = event.__dict__
-            d = top["data"].__dict__
-            add_row((top["id"], top["time"], blob(sha(_LEAF + body).digest()), blob(body)))
-            add_facet((d["principal"], d["zone"], d["action"], d["decision"]))
-        if not rows:
+                event_id, stamp, principal, zone, action, decision, body = event
+            else:
+                event_id, stamp, principal, zone, action, decision, body = canonical(event)
+            leaf = blob(sha(_LEAF + body).digest())
+            if with_facets:
+                facet = (principal, zone, action, decision)
+                fid = facet_id(facet)
+                if fid is None:
+                    unresolved = True
+                    add((event_id, stamp, facet, leaf, blob(body)))
+                else:
+                    add((event_id, stamp, fid, leaf, blob(body)))
+            else:
+                add((event_id, stamp, principal, zone, action, decision, leaf, blob(body)))
+        if not params:
             raise ValueError("append_many needs at least one event")
-        return self._submit(rows, facets)
+        return self._submit(_Request(params, 5 if with_facets else 8, unresolved))
 
     def record(self, event: AuditEvent) -> None:
         """:class:`AuditSink` entry point: append one event (durable when this returns)."""
@@ -331,8 +366,7 @@ class AuditLog:
     # stays atomic (it is all in one transaction) and in call order; each caller returns when
     # its own batch is durable, or raises if the transaction that carried it failed.
 
-    def _submit(self, rows: list[_Row], facets: list[_Facet]) -> range:
-        request = _Request(rows, facets)
+    def _submit(self, request: _Request) -> range:
         cond = self._cond
         with cond:
             if self._closed:
@@ -364,12 +398,15 @@ class AuditLog:
 
     def _write_group(self, group: list[_Request]) -> None:
         if len(group) == 1:
-            rows, facets = group[0].rows, group[0].facets
+            batch = group[0]
         else:
-            rows = [row for r in group for row in r.rows]
-            facets = [facet for r in group for facet in r.facets]
+            batch = _Request(
+                [v for r in group for v in r.params],
+                group[0].columns,
+                any(r.unresolved for r in group),
+            )
         try:
-            written = self._append_rows(rows, facets)
+            written = self._append_rows(batch)
         except AuditEventRejected as exc:
             if len(group) == 1:
                 group[0].fail(exc)
@@ -378,7 +415,7 @@ class AuditLog:
             # only the offending one fails.
             for r in group:
                 try:
-                    r.succeed(self._append_rows(r.rows, r.facets))
+                    r.succeed(self._append_rows(r))
                 except Exception as one:
                     r.fail(one)
             return
@@ -388,8 +425,8 @@ class AuditLog:
             return
         start = written.start
         for r in group:
-            r.succeed(range(start, start + len(r.rows)))
-            start += len(r.rows)
+            r.succeed(range(start, start + r.count))
+            start += r.count
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -405,7 +442,7 @@ class AuditLog:
                 self._writing = False
                 self._cond.notify_all()
 
-    def _append_rows(self, rows: list[_Row], facets: list[_Facet]) -> range:
+    def _append_rows(self, batch: _Request) -> range:
         con = self._con
         # 2. Take the write lock of the file: concurrent appenders queue up here, so each
         #    one extends the tree the previous one committed (no forks).
@@ -414,41 +451,30 @@ class AuditLog:
             # 3. Read the tree state and refuse to extend a log whose state does not check out.
             tree, head = self._checked_state()
             start = tree.size
-            # 4. Number the rows, give each its facet id (looked up once per distinct facet in
-            #    this transaction), and extend the compact range, keeping the big subtrees it
-            #    completes.
-            nodes = []
-            sha = _sha256
-            stack: list[bytes | bytearray] = list(tree.hashes)  # a leaf's is a bytearray
-            size = start
-            min_level = _store.NODE_LEVEL
-            facet_ids: dict[_Facet, int] = {}
-            facet_id = self._facet_id
-            with_facets = self._layout == 2
-            params: list[Any] = []
-            add = params.extend
-            for (event_id, stamp, leaf, body), facet in zip(rows, facets, strict=True):
-                if with_facets:
-                    fid = facet_ids.get(facet)
-                    if fid is None:
-                        fid = facet_ids[facet] = facet_id(facet)
-                    add((size, event_id, stamp, fid, leaf, body))
-                else:
-                    add((size, event_id, stamp, *facet, leaf, body))
-                h: bytes | bytearray = leaf
-                i = size
-                level = 0
-                while i & 1:
-                    h = sha(_NODE + stack.pop() + h).digest()
-                    level += 1
-                    i >>= 1
-                    if level >= min_level:
-                        nodes.append((level, i, h))
-                stack.append(h)
-                size += 1
-            tree = CompactRange(size, [bytes(h) for h in stack])
+            # 4. Look up (or add) the facets that stand in for their ids; extend the compact
+            #    range, keeping the big subtrees it completes.
+            params, columns = batch.params, batch.columns
+            added: dict[_Facet, int] = {}
+            if batch.unresolved:
+                params = params.copy()  # the request keeps its own (for a retry alone)
+                facet_id = self._facet_id
+                for k in range(2, len(params), columns):
+                    value = params[k]
+                    if isinstance(value, tuple):
+                        fid = added.get(value)
+                        if fid is None:
+                            fid = added[value] = facet_id(value)
+                        params[k] = fid
+            nodes = tree.extend(params[columns - 2 :: columns], _store.NODE_LEVEL)
+            size = tree.size
             # 5. Write events and nodes.
-            _insert_events(con, params, 6 if with_facets else 9)
+            _insert_events(con, self._layout, start, params)
+            (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
+            if last != size - 1:  # never expected: the rowids did not follow the leaves
+                raise AuditError(
+                    f"appending to the audit log {self.path} failed: its rows were numbered "
+                    f"up to {last}, not {size - 1}; nothing was appended"
+                )
             if nodes:
                 con.executemany("INSERT INTO nodes(level, idx, hash) VALUES (?, ?, ?)", nodes)
             # 6. Sign the new head and store it with the new frontier.
@@ -472,6 +498,7 @@ class AuditLog:
                 raise AuditError(f"appending to the audit log {self.path} failed: {exc}") from exc
             raise
         self._trusted_head = head
+        self._facet_ids.update(added)  # committed: their ids are for good
         return range(start, size)
 
     def _begin_immediate(self) -> None:
