@@ -70,6 +70,11 @@ enum Pat {
     Keyword(u32),
 }
 
+/// Per field of a search: the patterns that fired in it (bit `i`: pattern `i`), and where
+/// the last match of a rule's pattern (not a keyword's) ended (offset in the searched text,
+/// 0 when none did).
+type Fired = (u64, usize);
+
 /// A candidate: confidence, start, end (normalised offsets), rule index.
 type Cand = (f64, usize, usize, usize);
 
@@ -79,8 +84,9 @@ struct Det {
     dfa: Cache,
     /// One cache per rule for `Rule::fast`.
     rx: Vec<HybridCache>,
-    /// Per field, the patterns that fired in it.
-    fired: Vec<u64>,
+    /// Per field, the patterns that fired in it and the end of the last match of a rule's
+    /// pattern there.
+    fired: Vec<Fired>,
     /// A validator's accepted spans.
     spans: Vec<Span>,
     /// The candidates of one field.
@@ -184,6 +190,8 @@ impl Collected {
 pub struct Engine {
     rules: Vec<Rule>,
     pats: Vec<Pat>,
+    /// The patterns of `pats` that are rules' (bit `i`: pattern `i`).
+    rule_pats: u64,
     dfa: DFA,
     context_rules: Vec<usize>,
     /// No pattern of `dfa` consumes NUL: `fire` may split the text at fields.
@@ -655,9 +663,9 @@ impl Engine {
     /// of `regex-automata` (`try_search_overlapping_fwd`) with the multi-pattern lazy DFA
     /// over `big`, written out. Every match state reached names the patterns whose match
     /// ends where it is entered; each goes to the field that holds the match's last byte.
-    fn fire(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut Vec<u64>) -> PyResult<()> {
+    fn fire(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut Vec<Fired>) -> PyResult<()> {
         fired.clear();
-        fired.resize(fields.len(), 0);
+        fired.resize(fields.len(), (0, 0));
         if big.is_empty() {
             return Ok(());
         }
@@ -665,7 +673,7 @@ impl Engine {
             if self.fire_lanes(big, fields, cache, fired)? {
                 return Ok(());
             }
-            fired.fill(0);
+            fired.fill((0, 0));
         }
         let mut sid = self.dfa.start_state_forward(cache, &Input::new(big)).map_err(|_| dfa_failed())?;
         let mut fi = 0;
@@ -696,7 +704,7 @@ impl Engine {
     /// one search) when the fields are not the NUL-separated runs of `scan_collected`, when
     /// a walk dies or stops, or when the cache was cleared (the other lanes' states would be
     /// stale).
-    fn fire_lanes(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [u64]) -> PyResult<bool> {
+    fn fire_lanes(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [Fired]) -> PyResult<bool> {
         let dfa = &self.dfa;
         let clears = cache.clear_count();
         // Lane k starts at the first field starting at or after k/LANES of the text.
@@ -803,7 +811,7 @@ impl Engine {
     /// One byte of a lane of `fire_lanes`, which may compute a state and record a match;
     /// false when the lanes must give up.
     #[inline(never)]
-    fn slow_step(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [u64], clears: usize, lane: &mut Lane) -> PyResult<bool> {
+    fn slow_step(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [Fired], clears: usize, lane: &mut Lane) -> PyResult<bool> {
         let next = self.dfa.next_state(cache, lane.sid, big[lane.at]).map_err(|_| dfa_failed())?;
         if cache.clear_count() != clears {
             return Ok(false);
@@ -821,14 +829,21 @@ impl Engine {
 
     /// Record the patterns of match state `sid`, entered at `end`, in the field holding
     /// the byte before `end`; `fi` is the field cursor (matches come in order of their end).
-    fn mark(&self, cache: &Cache, sid: LazyStateID, end: usize, fields: &[(usize, usize, u32)], fi: &mut usize, fired: &mut [u64]) {
+    fn mark(&self, cache: &Cache, sid: LazyStateID, end: usize, fields: &[(usize, usize, u32)], fi: &mut usize, fired: &mut [Fired]) {
         let last = end.saturating_sub(1);
         while *fi < fields.len() && fields[*fi].0 + fields[*fi].1 <= last {
             *fi += 1;
         }
         if *fi < fields.len() {
+            let mut bits = 0u64;
             for k in 0..self.dfa.match_len(cache, sid) {
-                fired[*fi] |= 1 << self.dfa.match_pattern(cache, sid, k).as_usize();
+                bits |= 1 << self.dfa.match_pattern(cache, sid, k).as_usize();
+            }
+            let f = &mut fired[*fi];
+            f.0 |= bits;
+            if bits & self.rule_pats != 0 {
+                // Matches come in order of their end within a field.
+                f.1 = end;
             }
         }
     }
@@ -839,7 +854,7 @@ impl Engine {
         det.found.clear();
         self.fire(big, fields, &mut det.dfa, &mut det.fired)?;
         for (fi, &(start, len, ctx)) in fields.iter().enumerate() {
-            let bits = det.fired[fi];
+            let (bits, last_end) = det.fired[fi];
             if bits == 0 && ctx == 0 {
                 continue;
             }
@@ -857,7 +872,11 @@ impl Engine {
                         if rule.is_ip && ctx & NOT_IP != 0 {
                             continue;
                         }
-                        self.run_rule(ri, text, ctx & rule.type_bit != 0, &mut det.spans, &mut det.cands, &mut det.rx[ri]);
+                        // Every match of the rule holds a match of its pattern (the rule's
+                        // expression or a prefilter that matches within it), which the
+                        // search above saw: none starts at or after the last one's end.
+                        let limit = last_end.saturating_sub(start);
+                        self.run_rule(ri, text, ctx & rule.type_bit != 0, limit, &mut det.spans, &mut det.cands, &mut det.rx[ri]);
                     }
                 }
             }
@@ -869,7 +888,7 @@ impl Engine {
                     if !(by_name || by_keyword) || (rule.is_ip && ctx & NOT_IP != 0) {
                         continue;
                     }
-                    self.run_rule(ri, text, by_name, &mut det.spans, &mut det.cands, &mut det.rx[ri]);
+                    self.run_rule(ri, text, by_name, usize::MAX, &mut det.spans, &mut det.cands, &mut det.rx[ri]);
                 }
             }
             resolve(&mut det.cands, fi as u32, &mut det.found);
@@ -877,7 +896,9 @@ impl Engine {
         Ok(())
     }
 
-    fn run_rule(&self, ri: usize, text: &[u8], has_ctx: bool, spans: &mut Vec<Span>, cands: &mut Vec<Cand>, cache: &mut HybridCache) {
+    /// The candidates of rule `ri` in `text`; no match starts at or after `limit`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_rule(&self, ri: usize, text: &[u8], has_ctx: bool, limit: usize, spans: &mut Vec<Span>, cands: &mut Vec<Cand>, cache: &mut HybridCache) {
         let rule = &self.rules[ri];
         let mut input = Input::new(text);
         // `find_iter`, unrolled: after a non-empty match that reaches the end of the text
@@ -906,7 +927,7 @@ impl Engine {
                 }
             }
             last_end = me;
-            if me == text.len() && ms != me {
+            if (me == text.len() || me >= limit) && ms != me {
                 break;
             }
             pos = me;
@@ -1371,9 +1392,11 @@ impl Engine {
             && fb.getattr("__basicsize__")?.eq(tuple_type.getattr("__basicsize__")?)?
             && fb.getattr("__itemsize__")?.eq(tuple_type.getattr("__itemsize__")?)?
             && fb.getattr("_fields")?.len()? == 6;
+        let rule_pats = pats.iter().enumerate().filter(|(_, p)| matches!(p, Pat::Rule(_))).fold(0u64, |acc, (i, _)| acc | 1 << i);
         Ok(Engine {
             rules: compiled,
             pats,
+            rule_pats,
             dfa,
             context_rules,
             lanes,
@@ -1455,6 +1478,34 @@ impl Engine {
         let result = self
             .detect(&c.big, &[(0, text.len(), 0)], &mut sc.det)
             .map(|()| sc.det.found.iter().map(|&(_, (_, s, e, ri))| (s, e, self.rules[ri].type_str.as_str())).collect());
+        sc.col = c;
+        self.give_scratch(sc);
+        result
+    }
+
+    /// The findings of any string without field context, as (start, end, type) in code
+    /// points of `text`: `scan_text(text)` without building Python findings. The text is
+    /// normalised as `scan_text` does it, and offsets go back through the same map.
+    pub(crate) fn scan_spans(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<Vec<(usize, usize, &str)>> {
+        let mut sc = self.take_scratch();
+        let mut c = std::mem::take(&mut sc.col);
+        let result = (|| {
+            self.add_field(py, &mut c, &mut sc, text, NONE, 0, 0, false)?;
+            self.detect(&c.big, &c.spans, &mut sc.det)?;
+            let imap = c.imaps.first();
+            Ok(sc
+                .det
+                .found
+                .iter()
+                .map(|&(_, (_, s, e, ri))| {
+                    let (s, e) = match imap {
+                        Some(m) => (m[s] as usize, m[e - 1] as usize + 1),
+                        None => (s, e),
+                    };
+                    (s, e, self.rules[ri].type_str.as_str())
+                })
+                .collect())
+        })();
         sc.col = c;
         self.give_scratch(sc);
         result

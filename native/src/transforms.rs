@@ -581,10 +581,18 @@ impl PlanExecutor {
             NativeOp::Number { age, width, cap } => generalize_number(py, value, *age, *width, *cap)?,
             NativeOp::Redact { engine, type_style, mask_char } => {
                 let Ok(s) = value.cast_exact::<PyString>() else { return Ok(None) };
-                let Some(text) = s.to_str().ok().filter(|t| t.is_ascii()) else { return Ok(None) };
-                // ASCII: no normalisation, so the offsets are those of `text` itself.
-                let spans = engine.get().scan_ascii_spans(text)?;
-                Some(PyString::new(py, &redact_ascii(text, spans, *type_style, mask_char)).into_any())
+                // A string with lone surrogates goes to Python.
+                let Ok(text) = s.to_str() else { return Ok(None) };
+                if text.is_ascii() {
+                    // ASCII: no normalisation, so the offsets are those of `text` itself.
+                    let spans = engine.get().scan_ascii_spans(text)?;
+                    Some(PyString::new(py, &redact_ascii(text, spans, *type_style, mask_char)).into_any())
+                } else {
+                    // Offsets in code points, as `scan_text` gives them.
+                    let spans = engine.get().scan_spans(py, s)?;
+                    let alnum = if *type_style || spans.is_empty() { Vec::new() } else { self.alnum_flags(py, text)? };
+                    Some(PyString::new(py, &redact_chars(text, spans, *type_style, mask_char, &alnum)).into_any())
+                }
             }
             NativeOp::Fpe { ff1, tweak, keep_first, keep_last, luhn_invalid } => {
                 let text = if value.is_exact_instance_of::<PyInt>() {
@@ -593,9 +601,16 @@ impl PlanExecutor {
                         Err(_) => return Ok(None),
                     }
                 } else {
-                    match ascii_str(value) {
-                        Some(t) => t.to_owned(),
-                        None => return Ok(None),
+                    let Ok(s) = value.cast_exact::<PyString>() else { return Ok(None) };
+                    let Ok(t) = s.to_str() else { return Ok(None) };
+                    if t.is_ascii() {
+                        t.to_owned()
+                    } else {
+                        // `fold_digits` of the characters it folds one by one; others: Python.
+                        match fold_simple_digits(t) {
+                            Some(folded) => folded,
+                            None => return Ok(None),
+                        }
                     }
                 };
                 fpe_digits(ff1, &text, tweak, *keep_first, *keep_last, *luhn_invalid)?.map(|out| PyString::new(py, &out).into_any())
@@ -1128,6 +1143,62 @@ fn redact_ascii(text: &str, mut spans: Vec<(usize, usize, &str)>, type_style: bo
     }
     out.push_str(&text[pos..]);
     out
+}
+
+/// `transforms.redact_spans` on any text whose spans are in code points; `alnum` holds
+/// `str.isalnum` of each character (needed for the mask style only).
+fn redact_chars(text: &str, mut spans: Vec<(usize, usize, &str)>, type_style: bool, mask_char: &str, alnum: &[bool]) -> String {
+    spans.sort();
+    // Byte offset of each character, and of the end.
+    let at: Vec<usize> = text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len())).collect();
+    let n = at.len() - 1;
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut pos = 0;
+    for (start, end, type_) in spans {
+        let start = start.max(pos);
+        let end = end.min(n);
+        if start >= end {
+            continue;
+        }
+        out.push_str(&text[at[pos]..at[start]]);
+        if type_style {
+            out.push('[');
+            out.push_str(type_);
+            out.push(']');
+        } else {
+            for (i, c) in text[at[start]..at[end]].chars().enumerate() {
+                if alnum[start + i] {
+                    out.push_str(mask_char);
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+        pos = end;
+    }
+    out.push_str(&text[at[pos]..]);
+    out
+}
+
+/// `transforms.fold_digits` of text whose characters outside ASCII are all decimal
+/// digits of the Arabic-Indic, extended Arabic-Indic and full-width forms, or zero-width
+/// and bidi format characters: NFKC leaves those alone or maps the full-width digits to
+/// ASCII (none combines with a neighbour), each digit becomes its ASCII digit and each
+/// format character (category Cf) is dropped. None for any other character: Python folds.
+fn fold_simple_digits(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let cp = c as u32;
+        match cp {
+            0..=0x7f => out.push(c),
+            0x0660..=0x0669 => out.push(char::from(b'0' + (cp - 0x0660) as u8)),
+            0x06f0..=0x06f9 => out.push(char::from(b'0' + (cp - 0x06f0) as u8)),
+            0xff10..=0xff19 => out.push(char::from(b'0' + (cp - 0xff10) as u8)),
+            0x200b..=0x200f | 0x2060 | 0xfeff => {}
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// FF1 over radix 10 needs at least 6 numerals (10**6, SP 800-38G rev. 1).

@@ -534,12 +534,25 @@ RULES: tuple[Rule, ...] = (
         _accept(0.99),
         prefilter=r"-----BEGIN[A-Z ]{0,30} PRIVATE KEY",
     ),
-    Rule("google_api_key", "GOOGLE_API_KEY", r"\bAIza[0-9A-Za-z_-]{35}", _google),
-    Rule("slack_token", "SLACK_TOKEN", r"\bxox[abposr]-[0-9A-Za-z-]{10,250}", _slack),
+    Rule(
+        "google_api_key",
+        "GOOGLE_API_KEY",
+        r"\bAIza[0-9A-Za-z_-]{35}",
+        _google,
+        prefilter=r"\bAIza",
+    ),
+    Rule(
+        "slack_token",
+        "SLACK_TOKEN",
+        r"\bxox[abposr]-[0-9A-Za-z-]{10,250}",
+        _slack,
+        prefilter=r"\bxox[abposr]-",
+    ),
     Rule(
         "stripe_key",
         "STRIPE_SECRET_KEY",
         r"\b[rs]k_live_[0-9A-Za-z]{20,247}\b",
         _accept(0.95),
+        prefilter=r"\b[rs]k_live_",
     ),
 )

@@ -668,8 +668,11 @@ class Transformer:
         steps, for a plan whose every path is made of keys: navigation and copy-on-write in
         Rust, ``suppress``, ``mask`` of any text (Python's ``str.isalnum`` decides, cached per
         character, outside ASCII), ``hash`` of ASCII text (any text without normalisation),
-        ``redact_text`` of ASCII text with a native scanner, and
-        ``encrypt_fpe`` (decimal digits), ``generalize`` and ``date_shift`` of the values on
+        ``redact_text`` of any text (without lone surrogates) with a native scanner, and
+        ``encrypt_fpe`` (decimal digits; outside ASCII only full-width, Arabic-Indic and
+        extended Arabic-Indic digits and zero-width or bidi format characters, which
+        ``fold_simple_digits`` in ``native/src/transforms.rs`` folds as :func:`fold_digits`
+        does), ``generalize`` and ``date_shift`` of the values on
         which they succeed (ISO dates in the forms of ``iso::parse`` in
         ``native/src/transforms.rs``) there too,
         every other transform (or value) through the same Python functions, with the same
