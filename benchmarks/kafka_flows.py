@@ -6,7 +6,9 @@ same generated card payments (~450 B JSON) are moved from the source topic to th
 cluster three ways, each exactly-once (destination transactions that carry the source offsets,
 read_committed readers):
 
-- plain copy: raw confluent-kafka consume → produce, nothing else, the same batch size;
+- plain copy: raw confluent-kafka consume → produce, nothing else, the same batch size; run
+  before and after the flow (brokers just started speed up for a while), the faster of the
+  two being the baseline;
 - sanitising flow: ``trustzones`` FlowRunner (transforms, destination schema and
   classification checks, DLP scan, watermark, quarantine, lineage headers);
 - Quix Streams 3.28.1 (``scripts/quix_bench.py``, its own virtualenv) applying the same
@@ -259,14 +261,22 @@ def run(a: argparse.Namespace, clusters: list[Any], d: Path, started: float) -> 
             store.approve(req.id, approver="security-officer")
             store.close()
 
-        t0, c0 = time.perf_counter(), time.process_time()
-        copied = plain_copy(src, dst, topic, prefix + "copy", parts, a.batch, a.records)
-        t_copy, cpu_copy = time.perf_counter() - t0, time.process_time() - c0
-
-        t0, c0 = time.perf_counter(), time.process_time()
-        stats = runner.run(once=True, batch=a.batch)
-        t_flow, cpu_flow = time.perf_counter() - t0, time.process_time() - c0
-    assert copied == a.records and stats.read == a.records
+        # The copy runs before and after the flow: brokers just started get faster for a
+        # while, and the first contender would otherwise pay for that alone. The faster copy
+        # is the baseline (the lower ratio for the flow).
+        copies: list[tuple[float, float]] = []
+        for n, contender in enumerate(("copy", "flow", "copy")):
+            t0, c0 = time.perf_counter(), time.process_time()
+            if contender == "copy":
+                out = f"{prefix}copy{n}"
+                copied = plain_copy(src, dst, topic, out, parts, a.batch, a.records)
+                assert copied == a.records
+                copies.append((time.perf_counter() - t0, time.process_time() - c0))
+            else:
+                stats = runner.run(once=True, batch=a.batch)
+                t_flow, cpu_flow = time.perf_counter() - t0, time.process_time() - c0
+        t_copy, cpu_copy = min(copies)
+    assert stats.read == a.records
     assert _count(dst, prefix + "analytics.transactions") == stats.delivered
     # Quix reads the same records as plain JSON, loaded (untimed) into the destination cluster.
     if a.quix_python.exists():
@@ -283,7 +293,9 @@ def run(a: argparse.Namespace, clusters: list[Any], d: Path, started: float) -> 
     # on a shared machine, and what bounds the flow, whose Python work holds the GIL.
     print(
         f"  plain copy (raw consume → produce)  {copy_rate:>9,.0f} records/s   "
-        f"({cpu_copy / copied * 1e6:.0f} us CPU/record)"
+        f"({cpu_copy / copied * 1e6:.0f} us CPU/record; the faster of "
+        + " and ".join(f"{copied / t:,.0f}" for t, _ in copies)
+        + ", before and after the flow)"
     )
     print(
         f"  sanitising flow (trustzones)        {flow_rate:>9,.0f} records/s   "
