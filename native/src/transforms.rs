@@ -548,12 +548,23 @@ impl PlanExecutor {
                 Ok(s) => match s.to_str() {
                     Ok(text) => {
                         let normalized;
+                        let mut lowered = [0u8; 128];
                         let data = match normalize {
                             Normalize::None => text.as_bytes(),
                             _ if !text.is_ascii() => return Ok(None),
                             Normalize::Casefold => {
-                                normalized = py_strip(text.as_bytes()).to_ascii_lowercase();
-                                &normalized[..]
+                                let stripped = py_strip(text.as_bytes());
+                                match lowered.get_mut(..stripped.len()) {
+                                    Some(buf) => {
+                                        buf.copy_from_slice(stripped);
+                                        buf.make_ascii_lowercase();
+                                        &buf[..]
+                                    }
+                                    None => {
+                                        normalized = stripped.to_ascii_lowercase();
+                                        &normalized[..]
+                                    }
+                                }
                             }
                             Normalize::Digits => {
                                 normalized = text.bytes().filter(u8::is_ascii_digit).collect::<Vec<u8>>();
@@ -562,7 +573,12 @@ impl PlanExecutor {
                         };
                         let mut m = mac.clone();
                         m.update(data);
-                        Some(PyString::new(py, &encode_digest(&m.finalize().into_bytes(), *hex, *length, prefix)).into_any())
+                        let mut buf = [0u8; 160];
+                        let digest = m.finalize().into_bytes();
+                        Some(match digest_text(&digest, *hex, *length, prefix, &mut buf) {
+                            Some(text) => PyString::new(py, text).into_any(),
+                            None => PyString::new(py, &encode_digest(&digest, *hex, *length, prefix)).into_any(),
+                        })
                     }
                     Err(_) => None,
                 },
@@ -586,6 +602,10 @@ impl PlanExecutor {
                 if text.is_ascii() {
                     // ASCII: no normalisation, so the offsets are those of `text` itself.
                     let spans = engine.get().scan_ascii_spans(text)?;
+                    if spans.is_empty() {
+                        // Nothing to redact: the text itself (an exact, immutable str).
+                        return Ok(Some(value.clone()));
+                    }
                     Some(PyString::new(py, &redact_ascii(text, spans, *type_style, mask_char)).into_any())
                 } else {
                     // Offsets in code points, as `scan_text` gives them.
@@ -657,9 +677,21 @@ impl PlanExecutor {
     }
 }
 
-fn encode_digest(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str) -> String {
-    // Both encodings are ASCII: any length cuts between characters.
+/// `encode_digest` written into `out` (no allocation); None when it does not fit.
+fn digest_text<'a>(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str, out: &'a mut [u8]) -> Option<&'a str> {
     let mut buf = [0u8; 128];
+    let body = digest_body(digest, hex, length, &mut buf);
+    let p = prefix.len();
+    let text = out.get_mut(..p + body.len())?;
+    text[..p].copy_from_slice(prefix.as_bytes());
+    text[p..].copy_from_slice(body);
+    // A str and ASCII: always UTF-8.
+    std::str::from_utf8(text).ok()
+}
+
+/// The hex or unpadded base64url text of `digest` in `buf` (as much as fits), cut to
+/// `length`. Both encodings are ASCII: any length cuts between characters.
+fn digest_body<'a>(digest: &[u8], hex: bool, length: Option<usize>, buf: &'a mut [u8; 128]) -> &'a [u8] {
     let n = if hex {
         for (pair, b) in buf.chunks_exact_mut(2).zip(digest) {
             pair[0] = HEX[usize::from(b >> 4)];
@@ -680,7 +712,12 @@ fn encode_digest(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str) 
         }
         n
     };
-    let body = &buf[..length.map_or(n, |l| l.min(n))];
+    &buf[..length.map_or(n, |l| l.min(n))]
+}
+
+fn encode_digest(digest: &[u8], hex: bool, length: Option<usize>, prefix: &str) -> String {
+    let mut buf = [0u8; 128];
+    let body = digest_body(digest, hex, length, &mut buf);
     let mut out = String::with_capacity(prefix.len() + body.len());
     out.push_str(prefix);
     out.push_str(std::str::from_utf8(body).unwrap_or_default());

@@ -68,7 +68,9 @@ impl Validator {
             Validator::SsnSep => ssn_sep(kw, text, s, e, ctx, out),
             Validator::SsnBare => ssn_bare(kw, text, s, e, ctx, out),
             Validator::IbanCompact => {
-                if iban_valid(&text[s..e].to_ascii_uppercase()) {
+                let mut upper = Stack::<u8, 64>::new();
+                upper.extend(text[s..e].iter().map(u8::to_ascii_uppercase));
+                if iban_valid(upper.as_slice()) {
                     out.push((s, e, 0.95));
                 }
             }
@@ -106,8 +108,12 @@ impl Validator {
                 if matches!(next(text, e), Some(c) if c.is_ascii_alphanumeric()) {
                     return;
                 }
-                let parts: Vec<&[u8]> = text[s..e].split(|&c| c == b'-').collect();
-                if parts.len() >= 3 && parts.iter().any(|p| is_digits(p)) {
+                let (mut parts, mut digits) = (0, false);
+                for p in text[s..e].split(|&c| c == b'-') {
+                    parts += 1;
+                    digits |= is_digits(p);
+                }
+                if parts >= 3 && digits {
                     out.push((s, e, 0.9));
                 }
             }
@@ -161,8 +167,49 @@ fn keyword_near(rx: &Option<Regex>, text: &[u8], start: usize, window: usize) ->
     }
 }
 
-fn digit_runs(text: &[u8], s: usize, e: usize) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
+/// A vector that holds up to `N` items in place and moves to the heap past that: the
+/// validators' working lists, sized for what their rules' matches hold (so the heap is
+/// only for other expressions).
+struct Stack<T: Copy + Default, const N: usize> {
+    items: [T; N],
+    len: usize,
+    spill: Vec<T>,
+}
+
+impl<T: Copy + Default, const N: usize> Stack<T, N> {
+    fn new() -> Self {
+        Stack { items: [T::default(); N], len: 0, spill: Vec::new() }
+    }
+
+    fn push(&mut self, x: T) {
+        if self.spill.is_empty() && self.len < N {
+            self.items[self.len] = x;
+            self.len += 1;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.items[..self.len]);
+            }
+            self.spill.push(x);
+        }
+    }
+
+    fn extend(&mut self, xs: impl IntoIterator<Item = T>) {
+        for x in xs {
+            self.push(x);
+        }
+    }
+
+    fn as_slice(&self) -> &[T] {
+        if self.spill.is_empty() {
+            &self.items[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+fn digit_runs(text: &[u8], s: usize, e: usize) -> Stack<(usize, usize), 64> {
+    let mut out = Stack::new();
     let mut i = s;
     while i < e {
         if text[i].is_ascii_digit() {
@@ -178,8 +225,14 @@ fn digit_runs(text: &[u8], s: usize, e: usize) -> Vec<(usize, usize)> {
     out
 }
 
-fn strip_separators(span: &[u8]) -> Vec<u8> {
-    span.iter().copied().filter(|c| !b" -.()+".contains(c)).collect()
+fn strip_separators(span: &[u8]) -> Stack<u8, 32> {
+    let mut out = Stack::new();
+    out.extend(span.iter().copied().filter(|c| !is_separator(*c)));
+    out
+}
+
+fn is_separator(c: u8) -> bool {
+    b" -.()+".contains(&c)
 }
 
 fn count(span: &[u8], ch: u8) -> usize {
@@ -336,8 +389,25 @@ fn card_conf(digits: &[u8], ctx: bool) -> f64 {
 
 const CARD_GROUPINGS: [&[usize]; 6] = [&[4, 4, 4, 4], &[4, 4, 4, 4, 3], &[4, 4, 4, 1], &[4, 4, 4, 3], &[4, 6, 5], &[4, 6, 4]];
 
-fn is_grouping(sizes: &[usize]) -> bool {
-    CARD_GROUPINGS.iter().any(|g| *g == sizes)
+/// Whether the lengths of `groups` are one of `CARD_GROUPINGS`.
+fn is_grouping(groups: &[(usize, usize)]) -> bool {
+    CARD_GROUPINGS.iter().any(|g| g.len() == groups.len() && g.iter().zip(groups).all(|(&n, &(a, b))| b - a == n))
+}
+
+/// The digits of `groups` joined, and `card_conf` of them when there are 13 to 19 (else
+/// 0: no card has another length).
+fn groups_conf(text: &[u8], groups: &[(usize, usize)], ctx: bool) -> f64 {
+    let n: usize = groups.iter().map(|&(a, b)| b - a).sum();
+    if !(13..=19).contains(&n) {
+        return 0.0;
+    }
+    let mut d = [0u8; 19];
+    let mut at = 0;
+    for &(a, b) in groups {
+        d[at..at + b - a].copy_from_slice(&text[a..b]);
+        at += b - a;
+    }
+    card_conf(&d[..n], ctx)
 }
 
 fn iban_head(w: &[u8]) -> bool {
@@ -346,28 +416,18 @@ fn iban_head(w: &[u8]) -> bool {
 }
 
 struct CardRun<'a> {
-    groups: Vec<(usize, usize)>,
-    digits: Vec<&'a [u8]>,
-    sizes: Vec<usize>,
+    text: &'a [u8],
+    groups: &'a [(usize, usize)],
     last: usize,
     ctx: bool,
 }
 
 impl CardRun<'_> {
-    fn joined(&self, a: usize, b: usize) -> Vec<u8> {
-        self.digits[a..=b].concat()
-    }
-
     fn try_window(&self, a: usize, b: usize, skip_whole_check: bool) -> f64 {
-        if !self.ctx && !(skip_whole_check && (a, b) == (0, self.last)) && !is_grouping(&self.sizes[a..=b]) {
+        if !self.ctx && !(skip_whole_check && (a, b) == (0, self.last)) && !is_grouping(&self.groups[a..=b]) {
             return 0.0;
         }
-        let d = self.joined(a, b);
-        if (13..=19).contains(&d.len()) {
-            card_conf(&d, self.ctx)
-        } else {
-            0.0
-        }
+        groups_conf(self.text, &self.groups[a..=b], self.ctx)
     }
 
     /// `solve(i, j)` of `_card`: the whole of groups `i..=j`, else the longest window at
@@ -406,22 +466,20 @@ fn card(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) {
     if s >= 5 && iban_head(&text[s - 5..s]) {
         return;
     }
-    let groups = digit_runs(text, s, e);
-    let digits: Vec<&[u8]> = groups.iter().map(|&(a, b)| &text[a..b]).collect();
+    let runs = digit_runs(text, s, e);
+    let groups = runs.as_slice();
     let last = groups.len() - 1;
-    let whole: Vec<u8> = digits.concat();
-    if (13..=19).contains(&whole.len()) {
-        let conf = card_conf(&whole, ctx);
-        if conf != 0.0 {
-            out.push((groups[0].0, groups[last].1, conf));
-            return;
-        }
-    }
-    let sizes: Vec<usize> = groups.iter().map(|&(a, b)| b - a).collect();
-    if whole.len() - sizes[0].min(sizes[last]) < 13 {
+    let conf = groups_conf(text, groups, ctx);
+    if conf != 0.0 {
+        out.push((groups[0].0, groups[last].1, conf));
         return;
     }
-    let run = CardRun { groups, digits, sizes, last, ctx };
+    let size = |(a, b): (usize, usize)| b - a;
+    let whole: usize = groups.iter().map(|&g| size(g)).sum();
+    if whole - size(groups[0]).min(size(groups[last])) < 13 {
+        return;
+    }
+    let run = CardRun { text, groups, last, ctx };
     for k in 1..=last {
         for (a, b) in [(0, last - k), (k, last)] {
             let conf = run.try_window(a, b, false);
@@ -443,8 +501,9 @@ fn ssn_sep(kw: &Keywords, text: &[u8], s: usize, e: usize, ctx: bool, out: &mut 
     if in_longer_number(text, s, e, if dash { b"-." } else { b"- ." }) {
         return;
     }
-    let digits = [&span[..3], &span[4..6], &span[7..]].concat();
-    if !ssn_valid(&digits) {
+    let mut digits = Stack::<u8, 16>::new();
+    digits.extend([&span[..3], &span[4..6], &span[7..]].into_iter().flatten().copied());
+    if !ssn_valid(digits.as_slice()) {
         return;
     }
     if ctx || keyword_near(&kw.ssn, text, s, 48) {
@@ -469,25 +528,26 @@ fn ssn_bare(kw: &Keywords, text: &[u8], s: usize, e: usize, ctx: bool, out: &mut
 // -- IBAN ------------------------------------------------------------------------------
 
 fn iban_spaced(text: &[u8], s: usize, e: usize, out: &mut Vec<Span>) {
-    let span = text[s..e].to_ascii_uppercase();
-    let Some(length) = iban_length(&span) else {
+    let span = &text[s..e];
+    let Some(length) = span.get(..2).and_then(|c| iban_length(&[c[0].to_ascii_uppercase(), c[1].to_ascii_uppercase()])) else {
         return;
     };
-    let mut chars = Vec::with_capacity(length);
+    let mut chars = Stack::<u8, 64>::new();
     let mut end = s;
     for (i, &ch) in span.iter().enumerate() {
         if ch != b' ' {
-            chars.push(ch);
-            if chars.len() == length {
+            chars.push(ch.to_ascii_uppercase());
+            if chars.as_slice().len() == length {
                 end = s + i + 1;
                 break;
             }
         }
     }
+    let chars = chars.as_slice();
     if chars.len() != length || (end < e && text[end] != b' ') {
         return;
     }
-    if iban_valid(&chars) {
+    if iban_valid(chars) {
         out.push((s, end, 0.95));
     }
 }
@@ -531,18 +591,22 @@ fn phone_intl(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) {
     if matches!(prev(text, s), Some(c) if c.is_ascii_alphanumeric()) || matches!(next(text, e), Some(c) if c.is_ascii_alphanumeric()) {
         return;
     }
-    let mut groups = digit_runs(text, s, e);
+    let runs = digit_runs(text, s, e);
     let digits = strip_separators(&text[s + 1..e]);
+    let digits = digits.as_slice();
     let known = (1..=3).any(|k| digits.len() >= k && is_calling_code(&digits[..k]));
     if !known {
         return;
     }
     let want = if digits[0] == b'1' { 11 } else { 15 };
-    let mut lengths: Vec<usize> = groups.iter().map(|&(a, b)| b - a).collect();
-    let mut n: usize = lengths.iter().sum();
-    while !groups.is_empty() && n > want {
-        groups.pop();
-        n -= lengths.pop().unwrap_or(0);
+    let mut groups = runs.as_slice();
+    let mut n: usize = groups.iter().map(|&(a, b)| b - a).sum();
+    while let Some((&(a, b), rest)) = groups.split_last() {
+        if n <= want {
+            break;
+        }
+        groups = rest;
+        n -= b - a;
     }
     let Some(&(_, end)) = groups.last() else {
         return;
@@ -561,6 +625,7 @@ fn phone_nanp(kw: &Keywords, text: &[u8], s: usize, e: usize, ctx: bool, out: &m
         return;
     }
     let digits = strip_separators(&text[s..e]);
+    let digits = digits.as_slice();
     if digits.len() == 11 && digits[0] != b'1' {
         return;
     }
@@ -582,7 +647,7 @@ fn phone_loose(text: &[u8], s: usize, e: usize, ctx: bool, out: &mut Vec<Span>) 
         return;
     }
     let span = &text[s..e];
-    let n = strip_separators(span).len();
+    let n = span.iter().filter(|&&c| !is_separator(c)).count();
     if !(7..=15).contains(&n) || count(span, b'(') != count(span, b')') {
         return;
     }
@@ -774,6 +839,17 @@ mod tests {
         ] {
             assert_eq!(version_word_before(w), want, "{:?}", String::from_utf8_lossy(w));
         }
+    }
+
+    #[test]
+    fn stack_spills_to_the_heap_in_order() {
+        let mut s = Stack::<u8, 4>::new();
+        s.extend(0..4);
+        assert_eq!(s.as_slice(), &[0, 1, 2, 3]);
+        s.extend(4..9);
+        assert_eq!(s.as_slice(), &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let digits = strip_separators(&b"+44 1234 5678 9012 3456 7890 1234 5678 9012 34"[..]);
+        assert_eq!(digits.as_slice(), &b"441234567890123456789012345678901234"[..]);
     }
 
     #[test]

@@ -391,3 +391,30 @@ def test_native_float_text_leaves_inf_and_nan_to_python() -> None:
     # ... and a record holding them still scans like the reference.
     record = {"a": float("inf"), "b": [float("nan"), -float("inf")], "card": 4111111111111111.0}
     assert NA.scan_record(record) == PY.scan_record(record)
+
+
+# Text made of the validators' candidates: digit runs with separators (cards in groups,
+# long international phone numbers whose digits pass the validators' in-place buffers),
+# SSN and NANP shapes, compact and spaced IBANs in either case, Slack-like tokens.
+_VALIDATOR_PIECES = st.one_of(
+    st.text(alphabet="0123456789", min_size=1, max_size=19),
+    st.sampled_from([" ", "-", ".", "(", ")", "+", "+1 ", "+44 ", "+49-", " (0)", "\n"]),
+    st.sampled_from(["4111", "1111", "5500", "0000", "3782", "822463", "10005", "6011"]),
+    st.sampled_from(
+        ["4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005", "5500 0000 0000 0004"]
+    ),
+    st.sampled_from(["6011 0009 9013 9424", "4111 1111 1111 1", " 1234 5678 9012 3456 789"]),
+    st.lists(st.text(alphabet="0123456789", min_size=1, max_size=4), min_size=8, max_size=20).map(
+        lambda groups: "+44 " + " ".join(groups)
+    ),
+    st.sampled_from(["078-05-1120", "123-45-6789", "123 45 6789", "(415) 555-0132"]),
+    st.sampled_from(["GB82 WEST 1234 5698 7654 32", "gb82west12345698765432", "DE89 3704"]),
+    st.sampled_from(["xoxb-", "xoxp-12-", "-a-", "SSN ", "phone ", "card "]),
+)
+_validator_text = st.lists(_VALIDATOR_PIECES, max_size=40).map("".join)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_validator_text, st.one_of(st.none(), st.sampled_from(_FIELDS)))
+def test_native_validators_agree_on_candidate_rich_text(text: str, field: str | None) -> None:
+    assert NA.scan_text(text, field=field) == PY.scan_text(text, field=field)
