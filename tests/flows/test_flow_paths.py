@@ -11,7 +11,6 @@ from trustzones.flows._paths import (
     KeepChecked,
     closed_leaf_paths,
     keep_only,
-    keep_only_checked,
     leaves,
     leaves_ok,
 )
@@ -37,7 +36,7 @@ _paths = st.sampled_from(
     known=st.sets(_paths),
     limit=st.integers(1, 5),
 )
-def test_keep_only_checked_is_keep_only_then_leaves_ok(
+def test_keep_checked_is_keep_only_then_leaves_ok(
     doc: dict[str, Any], allowed: set[str], refused: set[str], known: set[str], limit: int
 ) -> None:
     asked: list[str] = []
@@ -50,15 +49,13 @@ def test_keep_only_checked_is_keep_only_then_leaves_ok(
     fits_expected = leaves_ok(expected, problem, limit)
     if fits_expected:  # every leaf of the output was asked about
         assert {s for s, _ in leaves(expected)} <= set(asked)
-    # Paths known to be fine are not asked about again, and change no answer.
-    fine = known - refused
-    assert keep_only_checked(doc, allowed, problem, limit) == (expected, fits_expected)
-    assert keep_only_checked(doc, allowed, problem, limit, fine) == (expected, fits_expected)
     # The resolved-paths walk gives the same, the first time and from its resolved paths.
     keep = KeepChecked(allowed, problem, limit)
     assert keep(doc) == (expected, fits_expected)
     assert keep(doc) == (expected, fits_expected)
     assert keep(expected) == (expected, fits_expected)
+    # Paths known to be fine are not asked about again, and change no answer.
+    fine = known - refused
     assert leaves_ok(expected, problem, limit, fine) is fits_expected
     asked.clear()
     leaves_ok(expected, problem, limit, fine)
@@ -67,21 +64,22 @@ def test_keep_only_checked_is_keep_only_then_leaves_ok(
 
 def test_keep_checked_answers_for_a_scalar_record_and_many_unknown_keys() -> None:
     refuse_root = lambda p: "no" if p == "" else None  # noqa: E731
-    assert KeepChecked({"a"}, refuse_root, 3)(5) == keep_only_checked(5, {"a"}, refuse_root, 3)
+    assert KeepChecked({"a"}, refuse_root, 3)(5) == (5, False)  # a leaf where "" is refused
+    assert KeepChecked({"a"}, lambda p: None, 3)(5) == (5, True)
     keep = KeepChecked({"a"}, lambda p: None, 3)
     for i in range(600):  # more unknown keys than it remembers
         assert keep({f"k{i}": 1, "a": 2}) == ({"a": 2}, True)
 
 
-def test_keep_only_checked_refuses_a_refused_leaf_and_a_too_deep_one() -> None:
+def test_keep_checked_refuses_a_refused_leaf_and_a_too_deep_one() -> None:
     doc = {"a": {"b": 1, "c": 2}, "d": 3}
-    assert keep_only_checked(doc, {"a", "a.b"}, lambda p: None, 3) == ({"a": {"b": 1}}, True)
+    assert KeepChecked({"a", "a.b"}, lambda p: None, 3)(doc) == ({"a": {"b": 1}}, True)
     refuse_b = lambda p: "no" if p == "a.b" else None  # noqa: E731
-    assert keep_only_checked(doc, {"a", "a.b"}, refuse_b, 3) == ({"a": {"b": 1}}, False)
-    assert keep_only_checked(doc, {"a", "a.b"}, lambda p: None, 2) == ({"a": {"b": 1}}, False)
+    assert KeepChecked({"a", "a.b"}, refuse_b, 3)(doc) == ({"a": {"b": 1}}, False)
+    assert KeepChecked({"a", "a.b"}, lambda p: None, 2)(doc) == ({"a": {"b": 1}}, False)
     # An object emptied by the cut is a leaf of the output, checked as such.
     refuse_a = lambda p: "no" if p == "a" else None  # noqa: E731
-    assert keep_only_checked(doc, {"a"}, refuse_a, 3) == ({"a": {}}, False)
+    assert KeepChecked({"a"}, refuse_a, 3)(doc) == ({"a": {}}, False)
 
 
 # -- closed destination schemas --------------------------------------------------------------

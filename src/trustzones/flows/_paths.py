@@ -113,69 +113,6 @@ def _ok(
     return spath in fine or problem(spath) is None
 
 
-def keep_only_checked(
-    doc: Any,
-    allowed: set[str],
-    problem: Callable[[str], str | None],
-    limit: int,
-    fine: Container[str] = frozenset(),
-) -> tuple[Any, bool]:
-    """``(out, leaves_ok(out, problem, limit))`` for ``out = keep_only(doc, allowed)``, in
-    one walk: the flow's usual case, where every record is cut down to the destination's
-    fields and then checked (``fine`` as for :func:`leaves_ok`)."""
-    bad: list[bool] = []  # not empty once a check fails (then no more checks are asked)
-    return _keep_checked(doc, "", 1, allowed, problem, limit, fine, bad), not bad
-
-
-def _keep_checked(
-    node: Any,
-    spath: str,
-    depth: int,
-    allowed: set[str],
-    problem: Callable[[str], str | None],
-    limit: int,
-    fine: Container[str],
-    bad: list[bool],
-) -> Any:
-    # The copy is keep_only's; the checks are _ok's, made on the copy.
-    if depth > limit and not bad:
-        bad.append(True)
-    deeper = depth + 1
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            p = f"{spath}.{k}" if spath else str(k)
-            if p not in allowed:
-                continue
-            tv = type(v)
-            if tv is str or tv is int or tv is float or tv is bool or v is None:
-                out[k] = v
-                if not bad and (deeper > limit or (p not in fine and problem(p) is not None)):
-                    bad.append(True)
-            else:
-                out[k] = _keep_checked(v, p, deeper, allowed, problem, limit, fine, bad)
-        if not out and spath and not bad and spath not in fine and problem(spath) is not None:
-            bad.append(True)
-        return out
-    if isinstance(node, list):
-        p = f"{spath}[*]"
-        items = []
-        for v in node:
-            tv = type(v)
-            if tv is str or tv is int or tv is float or tv is bool or v is None:
-                items.append(v)
-                if not bad and (deeper > limit or (p not in fine and problem(p) is not None)):
-                    bad.append(True)
-            else:
-                items.append(_keep_checked(v, p, deeper, allowed, problem, limit, fine, bad))
-        if not items and spath and not bad and spath not in fine and problem(spath) is not None:
-            bad.append(True)
-        return items
-    if not bad and spath not in fine and problem(spath) is not None:
-        bad.append(True)
-    return node
-
-
 class _Shape:
     """One schema path of :class:`KeepChecked`, resolved once."""
 
@@ -197,9 +134,11 @@ _MAX_DROPPED = 256
 
 
 class KeepChecked:
-    """:func:`keep_only_checked` for one ``allowed`` set, ``problem`` and ``limit``, with
-    each schema path built, looked up and asked about once rather than once per record: the
-    walk follows a tree of resolved paths keyed by the record's keys. ``problem`` must give
+    """``(out, leaves_ok(out, problem, limit))`` for ``out = keep_only(doc, allowed)``, in one
+    walk (the flow's usual case, where every record is cut down to the destination's fields
+    and then checked), with each schema path built, looked up and asked about once rather
+    than once per record: the walk follows a tree of resolved paths keyed by the record's
+    keys. ``problem`` must give
     the same answer for a path every time (the flow's does: it reads only the config)."""
 
     def __init__(self, allowed: set[str], problem: Callable[[str], str | None], limit: int):
