@@ -100,14 +100,20 @@ class RecordCipher(RecordSealer, Protocol):
     def open(self, ciphertext: bytes, *, aad: bytes) -> bytes: ...
 
 
+#: The sealed plaintext's head: key flag, key length, header block length; then the key, the
+#: header block and the value. In the header block, each header: name and value length, name,
+#: value. The Kafka backend seals the same layout.
+_SEALED_HEAD = struct.Struct(">BII")
+_HEADER_HEAD = struct.Struct(">HI")
+
+
+def _pack_header(name: str, value: bytes) -> bytes:
+    encoded = name.encode()
+    return _HEADER_HEAD.pack(len(encoded), len(value)) + encoded + value
+
+
 def _pack_headers(headers: Sequence[Header]) -> bytes:
-    out = bytearray()
-    for k, v in headers:
-        kb = k.encode()
-        out += struct.pack(">HI", len(kb), len(v))
-        out += kb
-        out += v
-    return bytes(out)
+    return b"".join([_pack_header(k, v) for k, v in headers])
 
 
 def _unpack_headers(data: bytes | None) -> tuple[Header, ...]:
@@ -115,9 +121,10 @@ def _unpack_headers(data: bytes | None) -> tuple[Header, ...]:
         return ()
     out: list[Header] = []
     i = 0
+    step = _HEADER_HEAD.size
     while i < len(data):
-        kl, vl = struct.unpack_from(">HI", data, i)
-        i += 6
+        kl, vl = _HEADER_HEAD.unpack_from(data, i)
+        i += step
         out.append((data[i : i + kl].decode(), bytes(data[i + kl : i + kl + vl])))
         i += kl + vl
     return tuple(out)
@@ -126,12 +133,12 @@ def _unpack_headers(data: bytes | None) -> tuple[Header, ...]:
 def _pack_sealed(key: bytes | None, headers: bytes, value: bytes) -> bytes:
     k = b"" if key is None else key
     flag = 0 if key is None else 1
-    return struct.pack(">BII", flag, len(k), len(headers)) + k + headers + value
+    return _SEALED_HEAD.pack(flag, len(k), len(headers)) + k + headers + value
 
 
 def _unpack_sealed(blob: bytes) -> tuple[bytes | None, bytes, bytes]:
-    flag, kl, hl = struct.unpack_from(">BII", blob, 0)
-    i = 9
+    flag, kl, hl = _SEALED_HEAD.unpack_from(blob, 0)
+    i = _SEALED_HEAD.size
     key = blob[i : i + kl] if flag else None
     headers = blob[i + kl : i + kl + hl]
     return key, headers, blob[i + kl + hl :]

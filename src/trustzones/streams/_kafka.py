@@ -109,8 +109,10 @@ from trustzones.errors import (
     UnknownTopic,
 )
 from trustzones.streams._embedded import (
+    _SEALED_HEAD,
     RecordCipher,
     RecordSealer,
+    _pack_header,
     _unpack_headers,
 )
 from trustzones.streams._kafka_admin import (
@@ -176,10 +178,6 @@ _RID_BYTES = 16
 _BROKER_KEY_BYTES = 16
 _RID_AT = len(ENVELOPE_MAGIC)
 _SEALED_AT = _RID_AT + _RID_BYTES
-#: The head of the sealed plaintext: key flag, key length, header block length (the embedded
-#: backend's ``_pack_sealed`` layout), and of each header in the block: name and value length.
-_SEALED_HEAD = struct.Struct(">BII")
-_HEADER_HEAD = struct.Struct(">HI")
 #: Bounds of :class:`_HeaderCodec`'s caches: entries, and the longest value (packing) or header
 #: block (unpacking) kept.
 _CACHE_ENTRIES = 4096
@@ -245,8 +243,7 @@ class _HeaderCodec:
                 cacheable = True
             if packed is None:
                 name, value = header
-                encoded = name.encode()
-                packed = _HEADER_HEAD.pack(len(encoded), len(value)) + encoded + value
+                packed = _pack_header(name, value)
                 if cacheable and len(value) <= _CACHE_LONGEST:
                     if len(cache) >= _CACHE_ENTRIES:
                         cache.clear()
@@ -497,7 +494,7 @@ class KafkaBackend(Backend):
                 "zone, or sealed under a key this zone does not hold",
             )
         try:
-            # The embedded backend's layout (_pack_sealed): flag, key length, headers length.
+            # The embedded backend's layout (see _SEALED_HEAD there).
             flag, kl, hl = _SEALED_HEAD.unpack_from(plain, 0)
             at = _SEALED_HEAD.size
             key = plain[at : at + kl] if flag else None
