@@ -399,9 +399,6 @@ class KafkaBackend(Backend):
             self._aad_prefixes[(topic, partition)] = prefix
         return prefix
 
-    def _aad(self, topic: str, partition: int, rid: bytes) -> bytes:
-        return self._aad_prefix(topic, partition) + rid
-
     def _seal(
         self, cipher: RecordSealer, topic: str, record: NewRecord
     ) -> tuple[bytes | None, bytes, int]:
