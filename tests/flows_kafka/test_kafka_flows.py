@@ -255,3 +255,53 @@ def test_restart_fences_a_crashed_transaction_instead_of_waiting_for_its_timeout
         assert time.monotonic() - started < 20
         assert stats.read == 0  # resumed where the committed position was, not at offset 1
     _check_exactly_once(kafka_clusters, backends, "dedicated", source, min_held=3)
+
+
+def test_a_batch_whose_audit_append_fails_takes_no_effect_on_kafka(
+    workspace_dir: Path,
+    kafka_clusters: list[Any],
+    kafka_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between Kafka zones a batch's records go to the producers before its audit append
+    (they travel while it runs): a failed append must still leave no trace of the batch,
+    output or quarantine, and the next run must move every record exactly once."""
+    from trustzones.audit.events import CanonicalEvent
+    from trustzones.flows import open_flow
+    from trustzones.streams._kafka import _KafkaTransaction
+
+    backends, source = _setup(
+        workspace_dir, kafka_clusters, kafka_prefix, monkeypatch, "dedicated", 80
+    )
+    steps: list[str] = []
+    real_produce = _KafkaTransaction.produce
+
+    def produce(self: Any, topic: str, records: Any) -> None:
+        steps.append(f"produce {topic}")
+        real_produce(self, topic, records)
+
+    def unrecordable(events: Any) -> Any:
+        if not any(isinstance(e, CanonicalEvent) for e in events):
+            return real_append(events)  # not a batch's transfers (a new data key's, say)
+        steps.append("audit")
+        raise OSError("the audit disk is full")
+
+    monkeypatch.setattr(_KafkaTransaction, "produce", produce)
+    with Workspace.open() as ws:
+        runner = open_flow(ws, FLOW)
+        assert runner._ship_early
+        real_append = ws.audit.log().append_many
+        monkeypatch.setattr(ws.audit.log(), "append_many", unrecordable)
+        with pytest.raises(OSError, match="audit disk is full"):
+            runner.run(once=True, batch=80)
+    # The first batch's records were with the producers when its append failed (the
+    # reader may hand over fewer than 80 records, with or without one to quarantine).
+    first = steps[: steps.index("audit")]
+    assert first[0] == "produce analytics.transactions"
+    assert first[1:] in ([], [f"produce {QUARANTINE}"])
+    prefix = backends["analytics"]["prefix"]
+    assert read_committed(kafka_clusters[1], prefix + "analytics.transactions") == []
+    assert read_committed(kafka_clusters[0], backends["payments"]["prefix"] + QUARANTINE) == []
+    with Workspace.open() as ws:
+        assert open_flow(ws, FLOW).run(once=True, batch=80).read == 80
+    _check_exactly_once(kafka_clusters, backends, "dedicated", source, min_held=1)

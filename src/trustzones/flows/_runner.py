@@ -234,6 +234,13 @@ class FlowRunner:
         self._drop_unlisted = self.spec.drop_unlisted
         self._keep = KeepChecked(self._allowed, self._path_problem, MAX_DEPTH)
         self._audit_each = c.zones[self.source_zone].controls.audit_level == "per-message"
+        #: Hand each batch's records to the producers before its audit append (see
+        #: :meth:`_write_batch_shipping_early`): where both zones are on Kafka, whose
+        #: producers send in the background. An embedded transaction writes its file at once
+        #: and would only hold the zone's write lock longer.
+        self._ship_early = all(
+            c.zones[z].backend.type != "embedded" for z in (self.source_zone, self.dest_zone)
+        )
         # The lineage headers that do not change from record to record, encoded once.
         self._lineage_head = (
             ("tz.source.zone", self.source_zone.encode()),
@@ -490,6 +497,7 @@ class FlowRunner:
             else:
                 b = self._decide_batch(records, pos, qpos)
                 self._write_batch(b, src, dst)
+                self._settle_writes(src, dst)
                 stats = self._written(b)
         except BaseException:
             self._recarry([b])
@@ -647,8 +655,49 @@ class FlowRunner:
         )
 
     def _write_batch(self, b: _Batch, src: Backend, dst: Backend) -> None:
-        """Steps 3-5, in this order; the first failure stops the rest."""
+        """Steps 3-5, in this order; the first failure stops the rest.
+
+        The transactions' writes become readable when :meth:`_settle_writes` runs (at the
+        end of a step or run), not after each batch: nothing here reads them back.
+        """
+        if self._ship_early and src is not dst:
+            self._write_batch_shipping_early(b, src, dst)
+            return
         # Step 3: audit before anything takes effect (a failure to record stops the batch).
+        self._audit_batch(b)
+        # Step 4: quarantine (source zone) first, with its progress.
+        if b.quarantined:
+            with src.transaction(f"{self._txn_id()}.quarantine", visible=False) as tx:
+                tx.produce(self.quarantine_topic, b.quarantined)
+                tx.store_offsets(self.qgroup, self.source_topic, b.positions)
+        # Step 5: output and source position together (destination zone).
+        with dst.transaction(self._txn_id(), visible=False) as tx:
+            if b.delivered:
+                tx.produce(self.dest_topic, b.delivered)
+            tx.store_offsets(self.group, self.position_key, b.positions)
+
+    def _write_batch_shipping_early(self, b: _Batch, src: Backend, dst: Backend) -> None:
+        """:meth:`_write_batch` for Kafka zones: the same steps taking effect in the same
+        order, with the records handed to the producers first, so that they travel to the
+        brokers while the audit append runs. Records of an open transaction take no effect
+        (read_committed readers never see them, and a failure aborts them): the audit is
+        still durable before either transaction commits, and the quarantine transaction
+        still commits before the output's (which carries the source position)."""
+        with dst.transaction(self._txn_id(), visible=False) as out:
+            if b.delivered:
+                out.produce(self.dest_topic, b.delivered)
+            if b.quarantined:
+                with src.transaction(f"{self._txn_id()}.quarantine", visible=False) as tx:
+                    tx.produce(self.quarantine_topic, b.quarantined)
+                    self._audit_batch(b)  # step 3
+                    tx.store_offsets(self.qgroup, self.source_topic, b.positions)
+                # step 4 committed (leaving the block); step 5 commits next
+            else:
+                self._audit_batch(b)  # step 3
+            out.store_offsets(self.group, self.position_key, b.positions)
+
+    def _audit_batch(self, b: _Batch) -> None:
+        """Step 3: append the batch's events (a failure to record stops the batch)."""
         if b.carried or b.events:
             log = self.ws.audit.log()
             if isinstance(log, AuditLog):
@@ -657,16 +706,13 @@ class FlowRunner:
                 models = (e.event() if isinstance(e, CanonicalEvent) else e for e in b.events)
                 log.append_many([*b.carried, *models])
             b.audited = True
-        # Step 4: quarantine (source zone) first, with its progress.
-        if b.quarantined:
-            with src.transaction(f"{self._txn_id()}.quarantine") as tx:
-                tx.produce(self.quarantine_topic, b.quarantined)
-                tx.store_offsets(self.qgroup, self.source_topic, b.positions)
-        # Step 5: output and source position together (destination zone).
-        with dst.transaction(self._txn_id()) as tx:
-            if b.delivered:
-                tx.produce(self.dest_topic, b.delivered)
-            tx.store_offsets(self.group, self.position_key, b.positions)
+
+    @staticmethod
+    def _settle_writes(src: Backend, dst: Backend) -> None:
+        """Wait until the batches written so far can be read (see :meth:`_write_batch`)."""
+        src.await_visible()
+        if dst is not src:
+            dst.await_visible()
 
     def _written(self, b: _Batch) -> FlowStats:
         """Carry a written batch's positions forward; report it; stop if it blocked."""
@@ -778,6 +824,7 @@ class FlowRunner:
                     if held is not None and held.blocked is not None:
                         break  # nothing after the blocked record is read
                     if held is None and not records:
+                        self._settle_writes(src, dst)  # caught up: all written is readable
                         total.lag = self.lag()
                         if on_progress:
                             on_progress(total)
@@ -786,6 +833,8 @@ class FlowRunner:
                         time.sleep(idle_sleep)
                 if held is not None:
                     self._write_batch(held, src, dst)
+                self._settle_writes(src, dst)
+                if held is not None:
                     total.add(self._written(held))
                 self._flush_carry()  # stopped before a batch took them
             except BaseException:

@@ -471,7 +471,8 @@ class EmbeddedBackend(Backend):
             self._store_offsets(db, group, topic, offsets)
 
     @contextmanager
-    def transaction(self, transactional_id: str) -> Iterator[Transaction]:
+    def transaction(self, transactional_id: str, *, visible: bool = True) -> Iterator[Transaction]:
+        # A committed SQLite transaction is readable at once: ``visible`` changes nothing.
         with self._write() as db:
             yield _EmbeddedTransaction(self, db)
 

@@ -341,6 +341,9 @@ class KafkaBackend(Backend):
         self._producer: Producer | None = None
         self._fetcher: RdConsumer | None = None
         self._txn_producers: dict[str, Producer] = {}
+        #: The last offset per (cluster topic, partition) written by transactions committed
+        #: with ``visible=False`` and not yet awaited (see :meth:`await_visible`).
+        self._unseen: dict[tuple[str, int], int] = {}
         self._group_clients: dict[str, RdConsumer] = {}
         self._partitions: dict[str, int] = {}
         self._offset_homes: dict[tuple[str, str], str] = {}
@@ -1187,7 +1190,7 @@ class KafkaBackend(Backend):
         return producer
 
     @contextmanager
-    def transaction(self, transactional_id: str) -> Iterator[Transaction]:
+    def transaction(self, transactional_id: str, *, visible: bool = True) -> Iterator[Transaction]:
         producer = self._txn_producer(transactional_id)
         try:
             producer.begin_transaction()
@@ -1203,6 +1206,23 @@ class KafkaBackend(Backend):
             raise
         tx.closed = True
         self._commit(transactional_id, producer, tx)
+        if visible:
+            self._await_stable(tx.written, f"make transaction {transactional_id!r} visible")
+        else:
+            unseen = self._unseen
+            for tp, offset in tx.written.items():
+                unseen[tp] = max(offset, unseen.get(tp, -1))
+
+    def await_visible(self) -> None:
+        """Wait for the commit markers of the transactions committed with ``visible=False``
+        (one end-offset request per topic, usually answered at once)."""
+        unseen, self._unseen = self._unseen, {}
+        try:
+            self._await_stable(unseen, "make committed transactions visible")
+        except BaseException:
+            for tp, offset in unseen.items():  # still owed: a later call waits again
+                self._unseen[tp] = max(offset, self._unseen.get(tp, -1))
+            raise
 
     def _abort(self, transactional_id: str, producer: Producer) -> None:
         try:
@@ -1256,10 +1276,10 @@ class KafkaBackend(Backend):
             raise TransactionAborted(
                 f"{what} was aborted, nothing it wrote is visible: {reason}"
             ) from exc
-        # 3. The coordinator writes the commit markers after it answered: wait until
-        #    read_committed readers see the records, so a commit is "read your writes" as on
-        #    every backend. (Offsets are read with require_stable, which waits by itself.)
-        self._await_stable(tx.written, f"make transaction {transactional_id!r} visible")
+        # The coordinator writes the commit markers after it answered: ``transaction`` then
+        # waits until read_committed readers see the records (unless told ``visible=False``),
+        # so that a commit is "read your writes" as on every backend. (Offsets are read with
+        # require_stable, which waits by itself.)
 
     def _await_stable(self, written: Mapping[tuple[str, int], int], action: str) -> None:
         by_topic: dict[str, dict[int, int]] = {}

@@ -218,8 +218,20 @@ class Backend(ABC):
     def commit_offsets(self, group: str, topic: str, offsets: Mapping[int, int]) -> None: ...
 
     @abstractmethod
-    def transaction(self, transactional_id: str) -> AbstractContextManager[Transaction]:
-        """A transaction; leaving the ``with`` block normally commits, an exception aborts."""
+    def transaction(
+        self, transactional_id: str, *, visible: bool = True
+    ) -> AbstractContextManager[Transaction]:
+        """A transaction; leaving the ``with`` block normally commits, an exception aborts.
+
+        A commit is durable when the block ends. With ``visible`` (the default) what it wrote
+        can also be read then; ``visible=False`` is for a writer that does not read its own
+        writes back at once (a flow, batch after batch): where becoming readable lags the
+        commit (Kafka writes the commit markers after it answers), the wait is left to
+        :meth:`await_visible`, which the writer calls before anyone must see them."""
+
+    def await_visible(self) -> None:  # noqa: B027 (a hook; backends whose commits lag override it)
+        """Wait until what every transaction committed with ``visible=False`` wrote can be
+        read. Nothing to wait for where commits are readable at once (the default)."""
 
     # -- consuming ------------------------------------------------------------------------
     def consumer(
