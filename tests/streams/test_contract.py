@@ -466,6 +466,22 @@ def test_transaction_commit_makes_records_and_offsets_visible_together(zones: Zo
     assert other.committed_offsets("g", "in") == {0: 7, 1: 2}
 
 
+def test_commits_not_awaited_are_readable_after_await_visible(zones: Zones) -> None:
+    # A writer that does not read its writes back at once (a flow) waits once, at the end.
+    backend, other = zones("z"), zones("z")
+    backend.ensure_topic("in", partitions=1)
+    backend.ensure_topic("out", partitions=2)
+    for i in range(3):
+        with backend.transaction("step", visible=False) as tx:
+            tx.produce("out", [NewRecord(value=b"%d" % i, partition=i % 2)])
+            tx.store_offsets("g", "in", {0: i + 1})
+    backend.await_visible()
+    backend.await_visible()  # nothing left to wait for
+    assert values(read_all(other, "out", 0)) == [b"0", b"2"]
+    assert values(read_all(other, "out", 1)) == [b"1"]
+    assert other.committed_offsets("g", "in") == {0: 3}
+
+
 def test_an_exception_inside_a_transaction_makes_nothing_visible(zones: Zones) -> None:
     backend, other = zones("z"), zones("z")
     backend.ensure_topic("in", partitions=1)
