@@ -707,7 +707,8 @@ impl Engine {
     fn fire_lanes(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [Fired]) -> PyResult<bool> {
         let dfa = &self.dfa;
         let clears = cache.clear_count();
-        // Lane k starts at the first field starting at or after k/LANES of the text.
+        // Lane k starts at the field boundary nearest k/LANES of the text (fields are
+        // whole, so the runs differ by up to a field's length).
         let mut first = [0usize; LANES + 1];
         first[LANES] = fields.len();
         for k in 1..LANES {
@@ -715,6 +716,9 @@ impl Engine {
             let mut f = first[k - 1].max(1);
             while f < fields.len() && fields[f].0 < target {
                 f += 1;
+            }
+            if f > first[k - 1].max(1) && f < fields.len() && target - fields[f - 1].0 < fields[f].0 - target {
+                f -= 1;
             }
             first[k] = f;
         }
@@ -736,74 +740,68 @@ impl Engine {
         if cache.clear_count() != clears {
             return Ok(false);
         }
-        let [mut a, mut b, mut c] = lanes;
-        // In step while all three have bytes left (the states stay in registers), then
-        // each to its end. A byte whose transition is in the table and leads to a state
-        // that is not tagged is the whole of the loop; anything else (a state to compute,
-        // a match) goes to `slow_step`.
-        // The three lanes advance together over their first `n` bytes, byte `i` of each
-        // at `start + i`; `untagged` says that no lane's state is tagged.
-        let n = (a.end - a.at).min(b.end - b.at).min(c.end - c.at);
-        let (a0, b0, c0) = (a.at, b.at, c.at);
-        let (ta, tb, tc) = (&big[a0..a0 + n], &big[b0..b0 + n], &big[c0..c0 + n]);
-        // The states live in locals (registers) and go back to the lanes around
-        // `slow_step` only.
-        let (mut sa, mut sb, mut sc) = (a.sid, b.sid, c.sid);
-        let mut untagged = !(sa.is_tagged() || sb.is_tagged() || sc.is_tagged());
-        let mut i = 0;
-        while i < n {
-            if untagged {
-                let na = dfa.next_state_untagged(cache, sa, ta[i]);
-                let nb = dfa.next_state_untagged(cache, sb, tb[i]);
-                let nc = dfa.next_state_untagged(cache, sc, tc[i]);
-                if !(na.is_tagged() || nb.is_tagged() || nc.is_tagged()) {
-                    (sa, sb, sc) = (na, nb, nc);
-                    i += 1;
-                    continue;
-                }
-            }
-            (a.at, b.at, c.at) = (a0 + i, b0 + i, c0 + i);
-            (a.sid, b.sid, c.sid) = (sa, sb, sc);
-            if !(self.slow_step(big, fields, cache, fired, clears, &mut a)?
-                && self.slow_step(big, fields, cache, fired, clears, &mut b)?
-                && self.slow_step(big, fields, cache, fired, clears, &mut c)?)
-            {
+        // The lanes that have bytes left advance in step, three, then two, then one (the
+        // run that ends last goes on with the other that is left, not alone).
+        loop {
+            let mut live = lanes.each_mut().into_iter().filter(|lane| lane.at < lane.end);
+            let ok = match (live.next(), live.next(), live.next()) {
+                (Some(a), Some(b), Some(c)) => self.in_step(big, fields, cache, fired, clears, [a, b, c])?,
+                (Some(a), Some(b), None) => self.in_step(big, fields, cache, fired, clears, [a, b])?,
+                (Some(a), None, _) => self.in_step(big, fields, cache, fired, clears, [a])?,
+                (None, ..) => break,
+            };
+            if !ok {
                 return Ok(false);
             }
-            (sa, sb, sc) = (a.sid, b.sid, c.sid);
-            untagged = !(sa.is_tagged() || sb.is_tagged() || sc.is_tagged());
-            i += 1;
-        }
-        (a.sid, b.sid, c.sid) = (sa, sb, sc);
-        (a.at, b.at, c.at) = (a0 + n, b0 + n, c0 + n);
-        for lane in [&mut a, &mut b, &mut c] {
-            let text = &big[..lane.end];
-            let (mut sid, mut at) = (lane.sid, lane.at);
-            while at < text.len() {
-                if !sid.is_tagged() {
-                    let next = dfa.next_state_untagged(cache, sid, text[at]);
-                    if !next.is_tagged() {
-                        sid = next;
-                        at += 1;
-                        continue;
-                    }
-                }
-                (lane.sid, lane.at) = (sid, at);
-                if !self.slow_step(big, fields, cache, fired, clears, lane)? {
-                    return Ok(false);
-                }
-                (sid, at) = (lane.sid, lane.at);
-            }
-            (lane.sid, lane.at) = (sid, at);
         }
         // The end of the text is the end of the last lane that has bytes.
-        let Some(tail) = [&mut c, &mut b, &mut a].into_iter().find(|lane| lane.scanned) else { return Ok(true) };
+        let Some(tail) = lanes.iter_mut().rev().find(|lane| lane.scanned) else { return Ok(true) };
         let last = dfa.next_eoi_state(cache, tail.sid).map_err(|_| dfa_failed())?;
         if cache.clear_count() != clears {
             return Ok(false);
         }
         if last.is_match() {
             self.mark(cache, last, big.len(), fields, &mut tail.fi, fired);
+        }
+        Ok(true)
+    }
+
+    /// `K` lanes of `fire_lanes`, each with bytes left, advanced together until the
+    /// shortest reaches its end: byte `i` of each at its `at + i`. A byte whose transition
+    /// is in the table and leads to a state that is not tagged is the whole of the loop (the
+    /// states stay in registers); anything else (a state to compute, a match) goes to
+    /// `slow_step`, lane by lane. False when the lanes must give up.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn in_step<const K: usize>(&self, big: &[u8], fields: &[(usize, usize, u32)], cache: &mut Cache, fired: &mut [Fired], clears: usize, mut lanes: [&mut Lane; K]) -> PyResult<bool> {
+        let dfa = &self.dfa;
+        let n = lanes.iter().map(|l| l.end - l.at).min().unwrap_or(0);
+        let base: [usize; K] = std::array::from_fn(|k| lanes[k].at);
+        let texts: [&[u8]; K] = std::array::from_fn(|k| &big[base[k]..base[k] + n]);
+        let mut sids: [LazyStateID; K] = std::array::from_fn(|k| lanes[k].sid);
+        let mut untagged = sids.iter().all(|s| !s.is_tagged());
+        let mut i = 0;
+        while i < n {
+            if untagged {
+                let next: [LazyStateID; K] = std::array::from_fn(|k| dfa.next_state_untagged(cache, sids[k], texts[k][i]));
+                if next.iter().all(|s| !s.is_tagged()) {
+                    sids = next;
+                    i += 1;
+                    continue;
+                }
+            }
+            for (k, lane) in lanes.iter_mut().enumerate() {
+                (lane.at, lane.sid) = (base[k] + i, sids[k]);
+                if !self.slow_step(big, fields, cache, fired, clears, lane)? {
+                    return Ok(false);
+                }
+                sids[k] = lane.sid;
+            }
+            untagged = sids.iter().all(|s| !s.is_tagged());
+            i += 1;
+        }
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            (lane.at, lane.sid) = (base[k] + n, sids[k]);
         }
         Ok(true)
     }

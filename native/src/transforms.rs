@@ -49,24 +49,51 @@ impl AesKey {
         })
     }
 
-    fn encrypt(&self, block: &mut [u8; 16]) {
+    /// Run `f` with a function that encrypts one block in place, every call of it through
+    /// one set-up of the cipher's back end: the VAES back ends of the `aes` crate broadcast
+    /// the round keys to vector registers on each `encrypt_block` call, which costs more
+    /// than the single block FF1 encrypts each time. (None only if the cipher did not run
+    /// `f`, which it always does.)
+    fn with_encryptor<R>(&self, f: impl FnOnce(&dyn Fn(&mut [u8; 16])) -> R) -> Option<R> {
         use aes::cipher::BlockCipherEncrypt as _;
-        let mut b = aes::Block::from(*block);
+        let mut out = None;
+        let run = WithBackend { f, out: &mut out };
         match self {
-            AesKey::A128(c) => c.encrypt_block(&mut b),
-            AesKey::A192(c) => c.encrypt_block(&mut b),
-            AesKey::A256(c) => c.encrypt_block(&mut b),
+            AesKey::A128(c) => c.encrypt_with_backend(run),
+            AesKey::A192(c) => c.encrypt_with_backend(run),
+            AesKey::A256(c) => c.encrypt_with_backend(run),
         }
-        block.copy_from_slice(&b);
+        out
     }
+}
 
-    /// CBC-MAC step: `state = AES(state xor block)`.
-    fn absorb(&self, state: &mut [u8; 16], block: &[u8]) {
-        for (s, b) in state.iter_mut().zip(block) {
-            *s ^= b;
-        }
-        self.encrypt(state);
+/// The closure of `AesKey::with_encryptor`, given the back end by the cipher.
+struct WithBackend<'a, F, R> {
+    f: F,
+    out: &'a mut Option<R>,
+}
+
+impl<F, R> aes::cipher::BlockSizeUser for WithBackend<'_, F, R> {
+    type BlockSize = aes::cipher::consts::U16;
+}
+
+impl<F: FnOnce(&dyn Fn(&mut [u8; 16])) -> R, R> aes::cipher::BlockCipherEncClosure for WithBackend<'_, F, R> {
+    fn call<B: aes::cipher::BlockCipherEncBackend<BlockSize = Self::BlockSize>>(self, backend: &B) {
+        let encrypt = |block: &mut [u8; 16]| {
+            let mut b = aes::Block::from(*block);
+            backend.encrypt_block((&mut b).into());
+            block.copy_from_slice(&b);
+        };
+        *self.out = Some((self.f)(&encrypt));
     }
+}
+
+/// CBC-MAC step: `state = AES(state xor block)`.
+fn absorb(encrypt: &dyn Fn(&mut [u8; 16]), state: &mut [u8; 16], block: &[u8]) {
+    for (s, b) in state.iter_mut().zip(block) {
+        *s ^= b;
+    }
+    encrypt(state);
 }
 
 /// FF1 (NIST SP 800-38G, Algorithms 7 and 8) for radix 10 and at most 18 numerals per
@@ -81,78 +108,81 @@ fn ff1_decimal(aes: &AesKey, x: &[u16], tweak: &[u8], decrypt: bool) -> Option<V
     if !(6..=36).contains(&n) || tweak.len() > u32::MAX as usize || x.iter().any(|&d| d > 9) {
         return None;
     }
-    // Steps 3-4: b = ceil(ceil(v log2 10) / 8) bytes; ceil(v log2 10) is the bit length
-    // of 10^v (never a power of two). d = 4 ceil(b/4) + 4.
-    let bits = 128 - 10u128.pow(v as u32).leading_zeros() as usize;
-    let b = bits.div_ceil(8);
-    let d = 4 * b.div_ceil(4) + 4;
-    // Step 5: P = [1]^1 [2]^1 [1]^1 [radix]^3 [10]^1 [u mod 256]^1 [n]^4 [t]^4.
-    let mut state = [0u8; 16];
-    state[..6].copy_from_slice(&[1, 2, 1, 0, 0, 10]);
-    state[6] = 10;
-    state[7] = (u % 256) as u8;
-    state[8..12].copy_from_slice(&(n as u32).to_be_bytes());
-    state[12..].copy_from_slice(&(tweak.len() as u32).to_be_bytes());
-    aes.encrypt(&mut state);
-    // Q = T || [0]^((-t-b-1) mod 16) || [i]^1 || [NUM(B)]^b: all but its last block is the
-    // same in every round, so the CBC-MAC state after it is computed once.
-    let pad = (16 - (tweak.len() + b + 1) % 16) % 16;
-    let mut q = Vec::with_capacity(tweak.len() + pad + 1 + b);
-    q.extend_from_slice(tweak);
-    q.resize(tweak.len() + pad, 0);
-    let head = q.len() + 1 + b - 16;
-    for block in q[..head].chunks(16) {
-        aes.absorb(&mut state, block);
-    }
-    let mut last = [0u8; 16];
-    last[..q.len() - head].copy_from_slice(&q[head..]);
-    // Every value below is under 10^18 < 2^63, and a sum of two under 2^64: 64-bit
-    // arithmetic but for NUM(S).
-    let pow10 = |m: usize| 10u64.pow(m as u32);
-    let round = |i: u8, feed: u64, m: usize| -> u64 {
-        let mut block = last;
-        block[15 - b] = i;
-        block[16 - b..].copy_from_slice(&u128::from(feed).to_be_bytes()[16 - b..]);
-        let mut r = state;
-        aes.absorb(&mut r, &block);
-        // y = NUM(S), S = R[..d] (d <= 12: no extra blocks); only y mod 10^m is needed.
-        let y = r[..d].iter().fold(0u128, |acc, &byte| (acc << 8) | u128::from(byte));
-        let modulus = pow10(m);
-        if modulus < 1 << 32 {
-            // In 32-bit limbs: each step's dividend stays below 2^64.
-            let limbs = [(y >> 64) as u64, (y >> 32) as u64 & 0xffff_ffff, y as u64 & 0xffff_ffff];
-            limbs.iter().fold(0u64, |r, &limb| ((r << 32) | limb) % modulus)
-        } else {
-            (y % u128::from(modulus)) as u64
+    aes.with_encryptor(|encrypt| {
+        // Steps 3-4: b = ceil(ceil(v log2 10) / 8) bytes; ceil(v log2 10) is the bit length
+        // of 10^v (never a power of two). d = 4 ceil(b/4) + 4.
+        let bits = 128 - 10u128.pow(v as u32).leading_zeros() as usize;
+        let b = bits.div_ceil(8);
+        let d = 4 * b.div_ceil(4) + 4;
+        // Step 5: P = [1]^1 [2]^1 [1]^1 [radix]^3 [10]^1 [u mod 256]^1 [n]^4 [t]^4.
+        let mut state = [0u8; 16];
+        state[..6].copy_from_slice(&[1, 2, 1, 0, 0, 10]);
+        state[6] = 10;
+        state[7] = (u % 256) as u8;
+        state[8..12].copy_from_slice(&(n as u32).to_be_bytes());
+        state[12..].copy_from_slice(&(tweak.len() as u32).to_be_bytes());
+        encrypt(&mut state);
+        // Q = T || [0]^((-t-b-1) mod 16) || [i]^1 || [NUM(B)]^b: all but its last block is the
+        // same in every round, so the CBC-MAC state after it is computed once.
+        let pad = (16 - (tweak.len() + b + 1) % 16) % 16;
+        let mut q = Vec::with_capacity(tweak.len() + pad + 1 + b);
+        q.extend_from_slice(tweak);
+        q.resize(tweak.len() + pad, 0);
+        let head = q.len() + 1 + b - 16;
+        for block in q[..head].chunks(16) {
+            absorb(encrypt, &mut state, block);
         }
-    };
-    let num = |digits: &[u16]| digits.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d));
-    let (mut a, mut bb) = (num(&x[..u]), num(&x[u..]));
-    if decrypt {
-        for i in (0..10u8).rev() {
-            let m = if i % 2 == 0 { u } else { v };
+        let mut last = [0u8; 16];
+        last[..q.len() - head].copy_from_slice(&q[head..]);
+        // Every value below is under 10^18 < 2^63, and a sum of two under 2^64: 64-bit
+        // arithmetic but for NUM(S).
+        let pow10 = |m: usize| 10u64.pow(m as u32);
+        let round = |i: u8, feed: u64, m: usize| -> u64 {
+            let mut block = last;
+            block[15 - b] = i;
+            block[16 - b..].copy_from_slice(&u128::from(feed).to_be_bytes()[16 - b..]);
+            let mut r = state;
+            absorb(encrypt, &mut r, &block);
+            // y = NUM(S), S = R[..d] (d <= 12: no extra blocks); only y mod 10^m is needed.
+            let y = r[..d].iter().fold(0u128, |acc, &byte| (acc << 8) | u128::from(byte));
             let modulus = pow10(m);
-            let c = (bb + modulus - round(i, a, m)) % modulus;
-            bb = a;
-            a = c;
+            if modulus < 1 << 32 {
+                // In 32-bit limbs: each step's dividend stays below 2^64.
+                let limbs = [(y >> 64) as u64, (y >> 32) as u64 & 0xffff_ffff, y as u64 & 0xffff_ffff];
+                limbs.iter().fold(0u64, |r, &limb| ((r << 32) | limb) % modulus)
+            } else {
+                (y % u128::from(modulus)) as u64
+            }
+        };
+        let num = |digits: &[u16]| digits.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d));
+        let (mut a, mut bb) = (num(&x[..u]), num(&x[u..]));
+        if decrypt {
+            for i in (0..10u8).rev() {
+                let m = if i % 2 == 0 { u } else { v };
+                let modulus = pow10(m);
+                let c = (bb + modulus - round(i, a, m)) % modulus;
+                bb = a;
+                a = c;
+            }
+        } else {
+            for i in 0..10u8 {
+                let m = if i % 2 == 0 { u } else { v };
+                let c = (a + round(i, bb, m)) % pow10(m);
+                a = bb;
+                bb = c;
+            }
         }
-    } else {
-        for i in 0..10u8 {
-            let m = if i % 2 == 0 { u } else { v };
-            let c = (a + round(i, bb, m)) % pow10(m);
-            a = bb;
-            bb = c;
+        let mut out = vec![0u16; n];
+        let (left, right) = out.split_at_mut(u);
+        for (digits, mut value) in [(left, a), (right, bb)] {
+            for slot in digits.iter_mut().rev() {
+                *slot = (value % 10) as u16;
+                value /= 10;
+            }
         }
-    }
-    let mut out = vec![0u16; n];
-    let (left, right) = out.split_at_mut(u);
-    for (digits, mut value) in [(left, a), (right, bb)] {
-        for slot in digits.iter_mut().rev() {
-            *slot = (value % 10) as u16;
-            value /= 10;
-        }
-    }
-    Some(out)
+        Some(out)
+    })
+    .flatten()
 }
 
 fn fpe_error(e: impl std::fmt::Display) -> PyErr {

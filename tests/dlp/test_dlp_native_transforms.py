@@ -203,7 +203,7 @@ def test_records_transform_alike() -> None:
     assert changed > 200
 
 
-def outcome_record(t: Transformer, record: object, plan: TransformPlan) -> object:
+def outcome_record(t: Transformer, record: object, plan: TransformPlan | dict[str, Any]) -> object:
     try:
         return t.apply_record(record, plan)
     except TransformError as exc:
@@ -285,6 +285,28 @@ def test_native_plan_executor_equals_the_python_loop(record: object, raw: dict[s
     assert (native is record) == (python is record)  # unchanged records are not copied
     assert repr(record) == before  # the input is never modified
     assert NATIVE._executors[plan] is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_shaped, st.integers(0, 3)), min_size=1, max_size=8), _plans, _plans)
+def test_one_transformer_applies_each_plan_it_is_given(
+    calls: list[tuple[object, int]], raw_a: dict[str, Any], raw_b: dict[str, Any]
+) -> None:
+    # ``apply_record`` goes straight to the executor of the plan it ran last: plans given in
+    # turn (compiled ones, a mapping, one of index paths without an executor) must each be
+    # applied as themselves, also twice in a row.
+    plans: list[TransformPlan | dict[str, Any]] = [
+        TransformPlan.compile(raw_a),
+        TransformPlan.compile(raw_b),
+        raw_a,
+        TransformPlan.compile({"a[0]": {"type": "mask"}, **raw_b}),
+    ]
+    native = Transformer(keys=KEYS)
+    for record, which in calls:
+        plan = plans[which]
+        compiled = plan if isinstance(plan, TransformPlan) else TransformPlan.compile(plan)
+        want = outcome_record(PYTHON, record, compiled)
+        assert repr(outcome_record(native, record, plan)) == repr(want)
 
 
 def test_the_executor_finds_keys_of_any_object() -> None:

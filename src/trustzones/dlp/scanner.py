@@ -358,6 +358,10 @@ class Scanner:
                 field_context=field_context,
                 dumps=orjson.dumps,
             )
+            # With the native engine these two methods are the engine's own: bound on the
+            # instance, a call goes straight to Rust (no Python frame per record).
+            self.scan_record = self._native.scan_record  # type: ignore[method-assign]
+            self.scan_records = self._native.scan_records  # type: ignore[method-assign]
         elif chosen == "hyperscan":
             self._engine = _HyperscanEngine(patterns, prefilters)
         else:

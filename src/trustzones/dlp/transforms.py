@@ -577,6 +577,10 @@ class Transformer:
         self._native_hmacs: dict[str, NativeHmac] = {}
         #: Per compiled plan of key paths: its native executor (None: not applicable).
         self._executors: dict[TransformPlan, NativeExecutor | None] = {}
+        #: The plan that ran natively last, with its executor: a flow applies one plan to
+        #: every record, and :meth:`apply_record` then goes straight to it. One tuple, read
+        #: and replaced whole, so a thread never sees one plan with another's executor.
+        self._last: tuple[TransformPlan, NativeExecutor] | None = None
         self._scanners: dict[tuple[tuple[str, ...] | None, float], Scanner] = {}
         self._dispatch: dict[type[_Spec], Callable[[Any, object, str, object], object]] = {
             MaskSpec: self._mask,
@@ -627,6 +631,9 @@ class Transformer:
         container has the wrong type fails. ``date_shift`` subjects are read from the
         original record. Compile a plan once with :meth:`TransformPlan.compile` when it is
         applied to many records."""
+        last = self._last
+        if last is not None and last[0] is plan:
+            return last[1].apply(record)
         compiled = plan if isinstance(plan, TransformPlan) else TransformPlan.compile(plan)
         if self._native is not None and compiled is plan:
             try:
@@ -638,6 +645,7 @@ class Transformer:
                         self._executors.clear()
                     self._executors[compiled] = executor
             if executor is not None:
+                self._last = (compiled, executor)
                 return executor.apply(record)
         result = record
         # Containers this call copied (by id, holding them alive): only these are changed in
