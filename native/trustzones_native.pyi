@@ -74,3 +74,35 @@ def float_text(x: float) -> str | None: ...
 def preserving_token(value: str, keep_last: int, min_random: int, random: bytes) -> str | None:
     """A format-preserving vault token for an ASCII value (see ``native/src/tokens.rs``);
     None when the value is not ASCII, has too few random positions, or ``random`` runs out."""
+
+# The audit log's hot paths (``native/src/audit.rs``; used through ``trustzones.audit._native``).
+def audit_rows(
+    events: list[object],
+    canonical_type: type,
+    event_type: type,
+    data_type: type,
+    facet_ids: dict[object, int],
+    with_facets: bool,
+) -> tuple[list[object], bool] | None:
+    """The values ``AuditLog.append_many`` inserts for ``events`` (see ``audit.log._rows``);
+    None when an event is not plainly an ``AuditEvent`` or a ``CanonicalEvent``."""
+
+def compact_extend(
+    hashes: list[bytes], size: int, leaves: list[object], min_level: int
+) -> tuple[list[bytes], list[tuple[int, int, bytes]]] | None:
+    """``CompactRange.extend``: the new frontier and the completed subtrees; None when a hash
+    is not 32 bytes of bytes or bytearray."""
+
+def flow_events(
+    records: list[object],
+    shell_for: Callable[[object, object, bool], tuple[bytes, ...] | None],
+    canonical_type: type,
+    principal: str,
+    zone: str,
+    action: str,
+    when: str | None,
+    clock: Callable[[], int],
+    second_prefix: Callable[[int], str],
+    random: bytes,
+) -> list[object]:
+    """``flow_transfers``' loop: an event per record, or None for a record left to Python."""

@@ -2,6 +2,7 @@
 //! `transforms.rs` and `tokens.rs`). The Python package stays the reference; this module
 //! only makes it faster and must give identical results (tests/dlp/ check that with hypothesis).
 
+mod audit;
 mod context;
 mod engine;
 mod json;
@@ -27,6 +28,9 @@ fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transforms::mask_ascii, m)?)?;
     m.add_function(wrap_pyfunction!(float_text, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::preserving_token, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::compact_extend, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::flow_events, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

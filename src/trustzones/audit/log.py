@@ -62,7 +62,7 @@ import orjson
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trustzones.audit import _store
+from trustzones.audit import _native, _store
 from trustzones.audit._errors import (
     AuditEventRejected,
     AuditKeyInvalid,
@@ -70,6 +70,7 @@ from trustzones.audit._errors import (
     ProofInvalid,
 )
 from trustzones.audit.events import (
+    AuditData,
     AuditEvent,
     CanonicalEvent,
     _canonical_row,
@@ -175,6 +176,64 @@ def _insert_events(con: sqlite3.Connection, layout: int, start: int, params: lis
             _insert_sql(layout, 1),
             [params[k : k + columns] for k in range(full, len(params), columns)],
         )
+
+
+def _rows(
+    events: Sequence[AuditEvent | CanonicalEvent],
+    facet_ids: dict[_Facet, int],
+    with_facets: bool,
+) -> tuple[list[Any], bool]:
+    """The values of the rows of ``events`` one after another, in the order of the file's
+    ``events`` columns after the leaf index (``with_facets``: layout 2), and whether a facet
+    without an id in ``facet_ids`` stands in for its id. Hashes and bodies are bound as
+    ``bytearray``: the sqlite3 module binds it directly, where every ``bytes`` value first goes
+    through its adapter look-up (two failed attribute look-ups, ~3,000 instructions; the copy
+    costs less).
+
+    The native core makes them in one call: a third less CPU per appended event (batches of
+    1,000, measured alternating the two in one process) than the loop of :func:`_python_rows`,
+    which stays the reference and takes every batch the native core declines (one with an
+    event that is not plainly an ``AuditEvent`` or a ``CanonicalEvent``).
+    """
+    native = _native.native
+    if native is not None:
+        rows = native.audit_rows(
+            events if type(events) is list else list(events),
+            CanonicalEvent, AuditEvent, AuditData, facet_ids, with_facets,
+        )  # fmt: skip
+        if rows is not None:
+            return rows
+    return _python_rows(events, facet_ids, with_facets)
+
+
+def _python_rows(
+    events: Sequence[AuditEvent | CanonicalEvent],
+    facet_ids: dict[_Facet, int],
+    with_facets: bool,
+) -> tuple[list[Any], bool]:
+    """:func:`_rows` in Python (the reference)."""
+    params: list[Any] = []
+    add = params.extend
+    sha, blob, canonical = _sha256, bytearray, _canonical_row
+    facet_id = facet_ids.get
+    unresolved = False
+    for event in events:
+        if isinstance(event, CanonicalEvent):
+            event_id, stamp, principal, zone, action, decision, body = event
+        else:
+            event_id, stamp, principal, zone, action, decision, body = canonical(event)
+        leaf = blob(sha(_LEAF + body).digest())
+        if with_facets:
+            facet = (principal, zone, action, decision)
+            fid = facet_id(facet)
+            if fid is None:
+                unresolved = True
+                add((event_id, stamp, facet, leaf, blob(body)))
+            else:
+                add((event_id, stamp, fid, leaf, blob(body)))
+        else:
+            add((event_id, stamp, principal, zone, action, decision, leaf, blob(body)))
+    return params, unresolved
 
 
 def _frontier_blob(tree: CompactRange) -> bytes:
@@ -320,32 +379,9 @@ class AuditLog:
         #    go one after another into one list, in the order of the ``events`` columns after
         #    the leaf index (which the transaction gives). Facet ids come from those this
         #    process has committed; a facet without one stands in its id's place until the
-        #    transaction looks it up. Hashes and bodies are bound as ``bytearray``: the sqlite3
-        #    module binds it directly, where every ``bytes`` value first goes through its
-        #    adapter look-up (two failed attribute look-ups, ~3,000 instructions; the copy
-        #    costs less).
-        params: list[Any] = []
-        add = params.extend
-        sha, blob, canonical = _sha256, bytearray, _canonical_row
+        #    transaction looks it up.
         with_facets = self._layout == 2
-        facet_id = self._facet_ids.get
-        unresolved = False
-        for event in events:
-            if isinstance(event, CanonicalEvent):
-                event_id, stamp, principal, zone, action, decision, body = event
-            else:
-                event_id, stamp, principal, zone, action, decision, body = canonical(event)
-            leaf = blob(sha(_LEAF + body).digest())
-            if with_facets:
-                facet = (principal, zone, action, decision)
-                fid = facet_id(facet)
-                if fid is None:
-                    unresolved = True
-                    add((event_id, stamp, facet, leaf, blob(body)))
-                else:
-                    add((event_id, stamp, fid, leaf, blob(body)))
-            else:
-                add((event_id, stamp, principal, zone, action, decision, leaf, blob(body)))
+        params, unresolved = _rows(events, self._facet_ids, with_facets)
         if not params:
             raise ValueError("append_many needs at least one event")
         return self._submit(_Request(params, 5 if with_facets else 8, unresolved))

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import count, repeat
 from typing import Any
 
+from trustzones.audit import _native
 from trustzones.audit._errors import ProofInvalid
 
 __all__ = [
@@ -163,6 +164,13 @@ class CompactRange:
         computed a level at a time: each level's new nodes are hashed in pairs in one pass,
         instead of a carry loop per leaf.
         """
+        native = _native.native
+        if native is not None and type(leaves) is list:
+            done = native.compact_extend(self._hashes, self._size, leaves, min_level)
+            if done is not None:  # None: a hash that is not 32 bytes (the loop below takes it)
+                self._hashes, nodes = done
+                self._size += len(leaves)
+                return nodes
         completed: list[tuple[int, int, bytes]] = []
         if not leaves:
             return completed
