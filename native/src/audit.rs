@@ -262,6 +262,21 @@ impl<'py> Members<'py> {
     }
 }
 
+/// The `__dict__` of `obj` when `obj` is exactly of type `model` and its `__dict__` a plain
+/// dict; None otherwise (the caller then leaves the event to Python).
+fn model_dict<'py>(
+    obj: &Bound<'py, PyAny>,
+    model: &Bound<'py, PyType>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if !obj.get_type().is(model) {
+        return Ok(None);
+    }
+    Ok(obj
+        .getattr(intern!(obj.py(), "__dict__"))?
+        .cast_into_exact::<PyDict>()
+        .ok())
+}
+
 /// What `events._canonical_row` gives for an event model: (id, time, principal, zone,
 /// action, decision), and its canonical JSON appended to `body`; None when the event is not
 /// plainly an `event_type` holding a `data_type` of handled values.
@@ -276,13 +291,7 @@ fn event_row<'py>(
     body: &mut Vec<u8>,
 ) -> PyResult<Option<[Bound<'py, PyAny>; 6]>> {
     let py = event.py();
-    if !event.get_type().is(event_type) {
-        return Ok(None);
-    }
-    let Ok(top_dict) = event
-        .getattr(intern!(py, "__dict__"))?
-        .cast_into_exact::<PyDict>()
-    else {
+    let Some(top_dict) = model_dict(event, event_type)? else {
         return Ok(None);
     };
     top.clear();
@@ -297,13 +306,7 @@ fn event_row<'py>(
         return Ok(None);
     };
     let model = &top.values[data_at];
-    if !model.get_type().is(data_type) {
-        return Ok(None);
-    }
-    let Ok(d) = model
-        .getattr(intern!(py, "__dict__"))?
-        .cast_into_exact::<PyDict>()
-    else {
+    let Some(d) = model_dict(model, data_type)? else {
         return Ok(None);
     };
     let extra = model.getattr(intern!(py, "__pydantic_extra__"))?;

@@ -24,6 +24,7 @@ import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_audit_fastpath import _shared
 
 from trustzones.audit import _native, canonical_json
 from trustzones.audit import events as ev
@@ -309,16 +310,6 @@ _flow_record = st.tuples(
         st.sampled_from(["dlp: card number", "x\ny", 'a "quoted" reason', "café ✓", "a\\b"]),
         st.just(3),
     ),
-)
-_shared = st.fixed_dictionaries(
-    {
-        "flow": st.sampled_from(["f1", "pay-clean", "bad flow"]),
-        "principal": st.sampled_from(["svc-flow", "4111111111111111"]),
-        "source_zone": st.just("restricted"),
-        "source_topic": st.sampled_from(["payments", "p"]),
-        "destination_zone": st.just("internal"),
-        "destination_topic": st.just("payments-clean"),
-    }
 )
 
 
