@@ -105,6 +105,38 @@ def test_the_anchor_grows_with_the_source_partitions(kafka_backend: BackendFacto
     assert dest.list_topics() == {}
 
 
+def test_a_commit_not_awaited_leaves_the_wait_to_await_visible(
+    kafka_backend: BackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait for the commit markers (read your writes) happens once, where the writer asks.
+    backend = kafka_backend("z")
+    backend.ensure_topic("t", partitions=2)
+    waits: list[dict[tuple[str, int], int]] = []
+    real = backend._await_stable
+
+    def spy(written: dict[tuple[str, int], int], action: str) -> None:
+        waits.append(dict(written))
+        real(written, action)
+
+    monkeypatch.setattr(backend, "_await_stable", spy)
+    for value, partition in ((b"a", 0), (b"b", 0), (b"c", 1)):
+        with backend.transaction("w", visible=False) as tx:
+            tx.produce("t", [NewRecord(value=value, partition=partition)])
+    assert waits == []
+    backend.await_visible()
+    backend.await_visible()  # nothing owed any more
+    with backend.transaction("w") as tx:  # the default waits at once
+        tx.produce("t", [NewRecord(value=b"d", partition=1)])
+    at = {r.value: (backend._t("t"), r.partition, r.offset) for r in read_all(backend, "t")}
+    assert sorted(at) == [b"a", b"b", b"c", b"d"]
+    # The first wait: the last record of each partition (commit markers take offsets too).
+    assert waits == [
+        {at[b"b"][:2]: at[b"b"][2], at[b"c"][:2]: at[b"c"][2]},
+        {},
+        {at[b"d"][:2]: at[b"d"][2]},
+    ]
+
+
 def test_a_zombie_with_the_same_transactional_id_is_fenced(
     kafka_backend: BackendFactory,
 ) -> None:
