@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_audit_fastpath import _shared
 
-from trustzones.audit import _native, canonical_json
+from trustzones.audit import _native, canonical_json, verify_log
 from trustzones.audit import events as ev
 from trustzones.audit import log as audit_log
 from trustzones.audit.events import AuditData, AuditEvent, CanonicalEvent
@@ -266,6 +266,24 @@ def test_append_many_stores_the_same_bytes_either_way(log: audit_log.AuditLog) -
         assert s.event == e.model_copy(update={"id": e.id + "-py"})
 
 
+class _Forbidden:
+    """Stands in for the native core where it must not be used."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the verifier used the native core ({name})")
+
+
+def test_verify_never_uses_the_native_core(
+    log: audit_log.AuditLog, signer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's fast paths are native; the check of what it wrote must not share them.
+    log.append_many(_record_events(40))
+    last = log.append_many(_record_events(3))
+    monkeypatch.setattr(_native, "native", _Forbidden())
+    report = verify_log(log.path, signer.verifier())
+    assert report.tree_size == last.stop
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     size=st.integers(0, 3000),
@@ -282,7 +300,7 @@ def test_native_compact_extend_is_the_python_one(
         rng.randbytes(32) if i % 3 else bytearray(rng.randbytes(32)) for i in range(count)
     ]
     fast, slow = CompactRange(size, frontier), CompactRange(size, frontier)
-    got = fast.extend(leaves, min_level)
+    got = fast.extend(leaves, min_level, native=True)
     want = _python(slow.extend, leaves, min_level)
     assert got == want
     assert (fast.size, fast.hashes, fast.root()) == (slow.size, slow.hashes, slow.root())
@@ -294,7 +312,7 @@ def test_native_compact_extend_declines_other_hashes() -> None:
     assert native.compact_extend([], 0, [b"short"], 1) is None
     assert native.compact_extend([b"x" * 31], 1, [b"y" * 32], 1) is None
     tree = CompactRange()
-    tree.extend([b"odd leaf", b"x" * 32, memoryview(b"y" * 32).tobytes()])  # the loop's
+    tree.extend([b"odd leaf", b"x" * 32, memoryview(b"y" * 32).tobytes()], native=True)
     ref = CompactRange()
     _python(ref.extend, [b"odd leaf", b"x" * 32, b"y" * 32])
     assert tree.root() == ref.root()

@@ -501,7 +501,7 @@ class AuditLog:
                         if fid is None:
                             fid = added[value] = facet_id(value)
                         params[k] = fid
-            nodes = tree.extend(params[columns - 2 :: columns], _store.NODE_LEVEL)
+            nodes = tree.extend(params[columns - 2 :: columns], _store.NODE_LEVEL, native=True)
             size = tree.size
             # 5. Write events and nodes.
             _insert_events(con, self._layout, start, params)

@@ -155,18 +155,20 @@ class CompactRange:
         return completed
 
     def extend(
-        self, leaves: Sequence[bytes | bytearray], min_level: int = 1
+        self, leaves: Sequence[bytes | bytearray], min_level: int = 1, *, native: bool = False
     ) -> list[tuple[int, int, bytes]]:
         """Append many leaf hashes at once; return the perfect subtrees they completed at
         ``min_level`` or above as (level, index, hash), level by level.
 
         The same tree as :meth:`append` for each leaf (the tests hold the two to each other),
         computed a level at a time: each level's new nodes are hashed in pairs in one pass,
-        instead of a carry loop per leaf.
+        instead of a carry loop per leaf. ``native`` lets the native core do it when it is
+        installed: the writer's path only. Verifying and proving stay in Python, so that a
+        check of what was written never shares the code that wrote it.
         """
-        native = _native.native
-        if native is not None and type(leaves) is list:
-            done = native.compact_extend(self._hashes, self._size, leaves, min_level)
+        core = _native.native if native else None
+        if core is not None and type(leaves) is list:
+            done = core.compact_extend(self._hashes, self._size, leaves, min_level)
             if done is not None:  # None: a hash that is not 32 bytes (the loop below takes it)
                 self._hashes, nodes = done
                 self._size += len(leaves)
