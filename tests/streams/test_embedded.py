@@ -8,20 +8,31 @@ import os
 import random
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from zone_keys import ZoneKeys
 
 from trustzones.errors import TransactionAborted, UnknownTopic
 from trustzones.keys._errors import OPAQUE_MESSAGE
 from trustzones.streams import EmbeddedBackend, NewRecord
+from trustzones.streams._embedded import (
+    _CACHE_ENTRIES,
+    _CACHE_LONGEST,
+    _HeaderCodec,
+    _pack_headers,
+    _unpack_headers,
+)
 
 PRODUCER = r"""
 import sys, orjson
@@ -321,3 +332,40 @@ def test_without_an_audit_callback_the_reason_is_logged(
     assert [m.getMessage() for m in caplog.records] == [
         "zone 'z': record t/0@0 withheld: record is not sealed (plaintext row?)"
     ]
+
+
+NAMES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)
+HEADERS = st.lists(st.tuples(NAMES, st.binary(max_size=40)), max_size=6)
+
+
+@given(blocks=st.lists(HEADERS, min_size=1, max_size=8))
+def test_the_header_codec_writes_and_reads_the_embedded_layout(
+    blocks: list[list[tuple[str, bytes]]],
+) -> None:
+    codec = _HeaderCodec()
+    for _ in range(2):  # the second round comes from the caches
+        for headers in blocks:
+            packed = codec.pack(headers)
+            assert packed == _pack_headers(headers)
+            assert codec.unpack(packed) == _unpack_headers(packed) == tuple(headers)
+
+
+def test_the_header_codec_caches_stay_bounded_and_skip_what_they_cannot_hold() -> None:
+    codec = _HeaderCodec()
+    for i in range(3 * _CACHE_ENTRIES):
+        headers = [("tz.source.offset", str(i).encode())]
+        assert codec.unpack(codec.pack(headers)) == tuple(headers)
+        assert len(codec._packed) <= _CACHE_ENTRIES
+        assert len(codec._unpacked) <= _CACHE_ENTRIES
+    codec = _HeaderCodec()
+    long = ("tz.note", b"x" * (_CACHE_LONGEST + 1))
+    assert codec.unpack(codec.pack([long])) == (long,)
+    assert not codec._packed and not codec._unpacked
+    # Pairs that are not hashable pack as the embedded backend packs them, uncached.
+    odd: list[Any] = [["tz.list", b"v"], ("tz.array", bytearray(b"w"))]
+    assert codec.pack(odd) == _pack_headers(odd)
+    assert not codec._packed
+    # A malformed block raises as _unpack_headers does, and is not remembered.
+    with pytest.raises(struct.error):
+        codec.unpack(b"\x00")
+    assert not codec._unpacked

@@ -130,6 +130,66 @@ def _unpack_headers(data: bytes | None) -> tuple[Header, ...]:
     return tuple(out)
 
 
+#: Bounds of :class:`_HeaderCodec`'s caches: entries, and the longest value (packing) or header
+#: block (unpacking) kept.
+_CACHE_ENTRIES = 4096
+_CACHE_LONGEST = 512
+
+
+class _HeaderCodec:
+    """The header block of a record (per header: ``>HI`` name and value lengths, name,
+    value), with two small caches; both backends keep one each (the Kafka backend seals
+    the same layout).
+
+    Headers repeat: a producer's lineage headers are the same on every record of a batch,
+    and a flow's share all but their source position. Packing caches the bytes of each
+    (name, value) pair; unpacking caches the decoded tuple of each whole block. Both are
+    bounded (:data:`_CACHE_ENTRIES` entries, emptied when full; nothing longer than
+    :data:`_CACHE_LONGEST` bytes), hold only what their backend wrote or read, and go with
+    it. Results are identical to ``_pack_headers`` / ``_unpack_headers``.
+    """
+
+    __slots__ = ("_packed", "_unpacked")
+
+    def __init__(self) -> None:
+        self._packed: dict[Header, bytes] = {}
+        self._unpacked: dict[bytes, tuple[Header, ...]] = {}
+
+    def pack(self, headers: Sequence[Header]) -> bytes:
+        cache = self._packed
+        parts: list[bytes] = []
+        for header in headers:
+            try:
+                packed = cache.get(header)
+            except TypeError:  # an unhashable pair (a list, a bytearray value): not cached
+                packed = None
+                cacheable = False
+            else:
+                cacheable = True
+            if packed is None:
+                name, value = header
+                packed = _pack_header(name, value)
+                if cacheable and len(value) <= _CACHE_LONGEST:
+                    if len(cache) >= _CACHE_ENTRIES:
+                        cache.clear()
+                    cache[header] = packed
+            parts.append(packed)
+        return b"".join(parts)
+
+    def unpack(self, block: bytes) -> tuple[Header, ...]:
+        if not block:
+            return ()
+        cache = self._unpacked
+        headers = cache.get(block)
+        if headers is None:
+            headers = _unpack_headers(block)  # raises on a malformed block: never cached
+            if len(block) <= _CACHE_LONGEST:
+                if len(cache) >= _CACHE_ENTRIES:
+                    cache.clear()
+                cache[block] = headers
+        return headers
+
+
 def _pack_sealed(key: bytes | None, headers: bytes, value: bytes) -> bytes:
     k = b"" if key is None else key
     flag = 0 if key is None else 1
@@ -175,6 +235,7 @@ class EmbeddedBackend(Backend):
         self._partitions: dict[str, int] = {}
         self._rr = itertools.count()
         self._last_purge: dict[str, float] = {}
+        self._headers = _HeaderCodec()
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
@@ -315,7 +376,7 @@ class EmbeddedBackend(Backend):
             off = nexts[p]
             nexts[p] = off + 1
             ts = now if r.timestamp_ms is None else r.timestamp_ms
-            headers = _pack_headers(r.headers) if r.headers else b""
+            headers = self._headers.pack(r.headers) if r.headers else b""
             if cipher is not None:
                 blob = cipher.seal(
                     _pack_sealed(r.key, headers, r.value), aad=self._aad(topic, p, off)
@@ -358,6 +419,7 @@ class EmbeddedBackend(Backend):
         if cipher is None:
             # tuple.__new__ builds the named tuples without a Python-level call per record.
             new = tuple.__new__
+            unpack = self._headers.unpack
             return [
                 new(
                     Record,
@@ -367,7 +429,7 @@ class EmbeddedBackend(Backend):
                         off,
                         key,
                         value,
-                        _unpack_headers(headers) if headers else (),
+                        unpack(headers) if headers else (),
                         ts,
                     ),
                 )
@@ -410,7 +472,7 @@ class EmbeddedBackend(Backend):
             )
         try:
             real_key, hbytes, value = _unpack_sealed(plain)
-            unpacked = _unpack_headers(hbytes)
+            unpacked = self._headers.unpack(hbytes)
         except (struct.error, UnicodeDecodeError):
             return self._undecryptable(
                 topic, partition, offset, ts, "record opened but its contents are malformed"

@@ -112,8 +112,7 @@ from trustzones.streams._embedded import (
     _SEALED_HEAD,
     RecordCipher,
     RecordSealer,
-    _pack_header,
-    _unpack_headers,
+    _HeaderCodec,
 )
 from trustzones.streams._kafka_admin import (
     KafkaConnection,
@@ -178,10 +177,6 @@ _RID_BYTES = 16
 _BROKER_KEY_BYTES = 16
 _RID_AT = len(ENVELOPE_MAGIC)
 _SEALED_AT = _RID_AT + _RID_BYTES
-#: Bounds of :class:`_HeaderCodec`'s caches: entries, and the longest value (packing) or header
-#: block (unpacking) kept.
-_CACHE_ENTRIES = 4096
-_CACHE_LONGEST = 512
 #: A ``Record`` from its fields without the named tuple's ``__new__`` frame (read hot path).
 _new_record = tuple.__new__
 _log = logging.getLogger("trustzones.streams.kafka")
@@ -210,59 +205,6 @@ _LEADER_MOVING = frozenset(
         KafkaError.FENCED_LEADER_EPOCH,
     }
 )
-
-
-class _HeaderCodec:
-    """The header block inside a sealed envelope, in the embedded backend's layout (per
-    header: ``>HI`` name and value lengths, name, value), with two small caches.
-
-    Headers repeat: a producer's lineage headers are the same on every record of a batch,
-    and a flow's share all but their source position. Packing caches the bytes of each
-    (name, value) pair; unpacking caches the decoded tuple of each whole block. Both are
-    bounded (:data:`_CACHE_ENTRIES` entries, emptied when full; nothing longer than
-    :data:`_CACHE_LONGEST` bytes), hold only what this backend sealed or opened, and go with
-    it. Results are identical to ``_pack_headers`` / ``_unpack_headers``.
-    """
-
-    __slots__ = ("_packed", "_unpacked")
-
-    def __init__(self) -> None:
-        self._packed: dict[Header, bytes] = {}
-        self._unpacked: dict[bytes, tuple[Header, ...]] = {}
-
-    def pack(self, headers: Sequence[Header]) -> bytes:
-        cache = self._packed
-        parts: list[bytes] = []
-        for header in headers:
-            try:
-                packed = cache.get(header)
-            except TypeError:  # an unhashable pair (a list, a bytearray value): not cached
-                packed = None
-                cacheable = False
-            else:
-                cacheable = True
-            if packed is None:
-                name, value = header
-                packed = _pack_header(name, value)
-                if cacheable and len(value) <= _CACHE_LONGEST:
-                    if len(cache) >= _CACHE_ENTRIES:
-                        cache.clear()
-                    cache[header] = packed
-            parts.append(packed)
-        return b"".join(parts)
-
-    def unpack(self, block: bytes) -> tuple[Header, ...]:
-        if not block:
-            return ()
-        cache = self._unpacked
-        headers = cache.get(block)
-        if headers is None:
-            headers = _unpack_headers(block)  # raises on a malformed block: never cached
-            if len(block) <= _CACHE_LONGEST:
-                if len(cache) >= _CACHE_ENTRIES:
-                    cache.clear()
-                cache[block] = headers
-        return headers
 
 
 class ProduceFailed(StreamError):
