@@ -8,6 +8,7 @@ import confluent_kafka
 import pytest
 
 from kafka_fixtures import BackendFactory
+from trustzones.streams import _partition
 from trustzones.streams._partition import murmur2, partition_for
 from trustzones.streams.base import NewRecord
 
@@ -36,10 +37,31 @@ def _keys(n: int, seed: int) -> list[bytes]:
 
 def test_partition_for_agrees_with_librdkafka_for_many_keys() -> None:
     # confluent_kafka.murmur2 is librdkafka's Java-compatible partitioner, a second
-    # implementation written independently of ours.
+    # implementation written independently of ours, and the one partition_for uses for
+    # bytes keys when it is installed: both must agree with our reference.
     for key in _keys(5000, seed=8):
         for n in (1, 2, 3, 7, 12, 50, 1000):
-            assert partition_for(key, n) == confluent_kafka.murmur2(key, n), (key, n)
+            reference = (murmur2(key) & 0x7FFFFFFF) % n
+            assert confluent_kafka.murmur2(key, n) == reference, (key, n)
+            assert partition_for(key, n) == reference, (key, n)
+            assert partition_for(bytearray(key), n) == reference, (key, n)  # never librdkafka
+
+
+def test_partition_for_asks_librdkafka_for_bytes_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[bytes, int]] = []
+
+    def fast(key: bytes, n: int) -> int:
+        asked.append((key, n))
+        return confluent_kafka.murmur2(key, n)
+
+    monkeypatch.setattr(_partition, "_fast", fast)
+    assert partition_for(b"foobar", 12) == 6
+    assert partition_for(bytearray(b"foobar"), 12) == 6
+    assert asked == [(b"foobar", 12)]
+    monkeypatch.setattr(_partition, "_fast", None)  # without confluent-kafka
+    assert [partition_for(k, 12) for k in KAFKA_VECTORS] == [
+        (v & 0x7FFFFFFF) % 12 for v in KAFKA_VECTORS.values()
+    ]
 
 
 def test_partition_for_needs_a_partition() -> None:

@@ -7,6 +7,11 @@ of ``org.apache.kafka.common.utils.Utils.murmur2`` (seed ``0x9747b28c``). The em
 uses :func:`partition_for`; the Kafka backend configures librdkafka with
 ``partitioner=murmur2_random``; a test checks that both agree on a real broker.
 
+:func:`murmur2` here is the reference. Where confluent-kafka is installed,
+:func:`partition_for` asks librdkafka's implementation (``confluent_kafka.murmur2``, an
+independent one: ~0.2 instead of 2-5 us a key) for ``bytes`` keys; tests hold the two to
+each other.
+
 Example::
 
     >>> murmur2(b"foobar")
@@ -18,6 +23,14 @@ Example::
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+
+try:
+    from confluent_kafka import murmur2 as _librdkafka_partition
+except ImportError:  # the Kafka extra is not installed (or too old to have it)
+    _fast: Callable[[bytes, int], int] | None = None
+else:
+    _fast = _librdkafka_partition
 
 __all__ = ["murmur2", "partition_for"]
 
@@ -56,4 +69,6 @@ def partition_for(key: bytes, partitions: int) -> int:
     """The partition of a record with ``key`` in a topic of ``partitions`` partitions."""
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
+    if _fast is not None and type(key) is bytes:
+        return _fast(key, partitions)
     return (murmur2(key) & 0x7FFFFFFF) % partitions
