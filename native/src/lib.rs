@@ -6,6 +6,7 @@ mod audit;
 mod context;
 mod engine;
 mod json;
+mod keep;
 mod tokens;
 mod transforms;
 mod validators;
@@ -25,6 +26,8 @@ fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transforms::Ff1>()?;
     m.add_class::<transforms::HmacSha256>()?;
     m.add_class::<transforms::PlanExecutor>()?;
+    m.add_class::<keep::KeepWalker>()?;
+    m.add_class::<keep::PlainMarker>()?;
     m.add_function(wrap_pyfunction!(transforms::mask_ascii, m)?)?;
     m.add_function(wrap_pyfunction!(float_text, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::preserving_token, m)?)?;

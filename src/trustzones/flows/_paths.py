@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterator
-from typing import Any
+from typing import Any, cast
+
+from trustzones.dlp._native import load_native
 
 
 def split(path: str) -> list[str]:
@@ -133,26 +135,71 @@ class _Shape:
 _MAX_DROPPED = 256
 
 
+#: ``trustzones_native.KeepWalker.keep`` (``native/src/keep.rs``): ``keep(doc, problem,
+#: answers)`` is :class:`KeepChecked`'s walk, None for a record it leaves to Python (dict or
+#: list subclasses, keys that are not ``str``, deep nesting).
+_NativeWalk = Callable[
+    [Any, Callable[[str], "str | None"], "dict[str, bool]"], "tuple[Any, bool] | None"
+]
+
+
+def _native_walk(allowed: frozenset[str], limit: int) -> _NativeWalk | None:
+    """The native walk, when the native module has it (a build from before it does not) and
+    its 64-bit depths hold ``limit``; else None."""
+    walker = getattr(load_native(), "KeepWalker", None)
+    if walker is None or type(limit) is not int or not -(2**62) < limit < 2**62:
+        return None
+    if not all(type(p) is str for p in allowed):
+        return None
+    return cast("_NativeWalk", walker(allowed, limit).keep)
+
+
 class KeepChecked:
     """``(out, leaves_ok(out, problem, limit))`` for ``out = keep_only(doc, allowed)``, in one
     walk (the flow's usual case, where every record is cut down to the destination's fields
     and then checked), with each schema path built, looked up and asked about once rather
     than once per record: the walk follows a tree of resolved paths keyed by the record's
     keys. ``problem`` must give
-    the same answer for a path every time (the flow's does: it reads only the config)."""
+    the same answer for a path every time (the flow's does: it reads only the config);
+    ``allowed`` is read once.
 
-    def __init__(self, allowed: set[str], problem: Callable[[str], str | None], limit: int):
-        self._allowed = allowed
+    The native core walks the record when it is installed (``native=False``: never, the
+    tests compare both), and hands back to this code the records it does not handle; the
+    two keep their own trees of paths but share the answers of ``problem``, so that it is
+    still asked once per path."""
+
+    def __init__(
+        self,
+        allowed: set[str],
+        problem: Callable[[str], str | None],
+        limit: int,
+        *,
+        native: bool = True,
+    ):
+        self._allowed = frozenset(allowed)
         self._problem = problem
         self._limit = limit
+        self._answers: dict[str, bool] = {}  # only of kept paths: the allowed ones and [*]
         self._root = self._shape("", True, 1)
+        self._native = _native_walk(self._allowed, limit) if native else None
 
     def __call__(self, doc: Any) -> tuple[Any, bool]:
+        if self._native is not None:
+            done = self._native(doc, self._problem, self._answers)
+            if done is not None:
+                return done
         bad: list[bool] = []
         return self._walk(doc, self._root, bad), not bad
 
+    def _clean(self, spath: str) -> bool:
+        """``problem(spath) is None``, asked once."""
+        clean = self._answers.get(spath)
+        if clean is None:
+            clean = self._answers[spath] = self._problem(spath) is None
+        return clean
+
     def _shape(self, spath: str, kept: bool, depth: int) -> _Shape:
-        clean = not kept or self._problem(spath) is None
+        clean = not kept or self._clean(spath)
         return _Shape(spath, kept, depth, depth > self._limit, clean)
 
     def _key(self, shape: _Shape, key: str, depth: int) -> _Shape:

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from trustzones.dlp._keyed import hmac_sha256
+from trustzones.dlp._native import load_native
 from trustzones.flows._paths import apply_at
 
 __all__ = ["Attribution", "Watermarker", "identify"]
@@ -46,14 +47,23 @@ class _Tagger:
 class Watermarker:
     """Marks the hex values at ``paths`` (the flow's hashed fields) of an output record."""
 
-    def __init__(self, key: bytes, paths: Iterable[str]) -> None:
+    def __init__(self, key: bytes, paths: Iterable[str], *, native: bool = True) -> None:
         if len(key) < 16:
             raise ValueError("a watermark key needs at least 128 bits")
-        self._tag = _Tagger(key)
+        self._tag = _Tagger(key, native=native)
         self.paths = tuple(paths)
-        # Plain dotted paths are walked key by key; paths with ``[*]`` go through apply_at.
+        # Plain dotted paths are walked key by key (by the native core when it is installed
+        # and ``native``); paths with ``[*]`` go through apply_at.
         self._plain = tuple(tuple(p.split(".")) for p in self.paths if "[" not in p)
         self._wild = tuple(p for p in self.paths if "[" in p)
+        # ``trustzones_native.PlainMarker.mark`` (``native/src/keep.rs``): False when it
+        # leaves ``doc`` to Python (a dict or str subclass on a path).
+        marker = getattr(load_native(), "PlainMarker", None) if native else None
+        self._native: Callable[[Any], bool] | None = (
+            marker(key, [list(k) for k in self._plain]).mark
+            if marker is not None and self._plain
+            else None
+        )
 
     def _mark_value(self, v: Any, _where: str = "") -> Any:
         if isinstance(v, str) and _HEX.match(v):
@@ -62,6 +72,13 @@ class Watermarker:
         return v
 
     def mark(self, doc: Any) -> None:
+        # Where the native core gives up half way, marking its values again changes nothing.
+        if self._native is None or not self._native(doc):
+            self._mark_plain(doc)
+        for p in self._wild:
+            apply_at(doc, p, self._mark_value)
+
+    def _mark_plain(self, doc: Any) -> None:
         for keys in self._plain:
             node = doc
             for k in keys[:-1]:
@@ -69,8 +86,6 @@ class Watermarker:
             last = keys[-1]
             if isinstance(node, dict) and last in node:
                 node[last] = self._mark_value(node[last])
-        for p in self._wild:
-            apply_at(doc, p, self._mark_value)
 
     def carries(self, value: str) -> bool:
         return bool(_HEX.match(value)) and hmac.compare_digest(value[-4:], self._tag(value[:-4]))
