@@ -540,7 +540,7 @@ def test_cached_fingerprint_is_the_hmac_of_domain_and_value(
         assert vault._fingerprint(value, domain, key) == expected.digest()  # cached states
 
 
-# -- provisional batches: checked by the caller's scan, stored with one statement --------
+# -- provisional batches: checked by the caller's scan, stored together ------------------
 
 
 class _Flagging:
@@ -694,6 +694,125 @@ def test_provisional_batch_that_raises_keeps_none_of_its_tokens(tmp_path: Path) 
             raise RuntimeError("downstream failed")
         assert _stored(path) == set()
         assert _tok(vault, "4111 1111 1111 1111", scanner) != lost
+
+
+def test_settled_tokens_are_checked_with_the_default_scanner_and_stored_as_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustzones.dlp import vault as vault_module
+
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    monkeypatch.setattr(vault_module, "_default_scanner", lambda: scanner)
+    values = [f"4111 1111 1111 {i:04d}" for i in range(3)]
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        with vault.provisional_batch() as batch:
+            tokens = [_tok(vault, v, None) for v in values]
+            scanner.flagged.add(tokens[1])
+            assert batch.settle(()) == frozenset({("card", tokens[1])})
+            assert scanner.asked == tokens  # each unconfirmed token, by the default scanner
+        assert vault.detokenize(tokens[2], domain="card") == values[2]
+    db = sqlite3.connect(path)
+    try:
+        kinds = set(db.execute("SELECT typeof(fingerprint), typeof(sealed) FROM tokens"))
+    finally:
+        db.close()
+    assert kinds == {("blob", "blob")}
+
+
+def test_provisional_batch_whose_tokens_cannot_all_be_stored_commits_none(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v.db"
+    scanner = _Flagging()
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        # The disk fills up after 300 rows: the failure comes inside one of the statements.
+        vault._db.execute(
+            "CREATE TEMP TRIGGER full BEFORE INSERT ON tokens"
+            " WHEN (SELECT count(*) FROM tokens) >= 300 BEGIN SELECT RAISE(ABORT, 'full'); END"
+        )
+        values = [f"4111 1111 {i:04d} 0000" for i in range(500)]
+        with pytest.raises(TransformError, match="could not be stored"):
+            with vault.provisional_batch() as batch:
+                for v in values:
+                    _tok(vault, v, scanner)
+                with pytest.raises(TransformError, match="could not store new tokens"):
+                    batch.settle(batch.take())
+        assert _stored(path) == set()
+        vault._db.execute("DROP TRIGGER full")
+        with vault.provisional_batch() as batch:
+            tokens = [_tok(vault, v, scanner) for v in values]
+            assert batch.settle(batch.take()) == frozenset()
+        assert _stored(path) == set(tokens) and len(tokens) == 500
+
+
+_Row = tuple[str, str, bytearray, bytearray, float]
+
+
+def _rows(keys: list[tuple[int, int]], tag: str) -> list[_Row]:
+    """Rows of the tokens table whose tokens and fingerprints come from ``keys``."""
+    return [
+        ("card", f"t{t}", bytearray(b"f%d" % f), bytearray(f"{tag}{i}".encode()), float(i))
+        for i, (t, f) in enumerate(keys)
+    ]
+
+
+@given(n_existing=st.integers(0, 50), n_new=st.integers(0, 700), rng=st.randoms())
+@settings(max_examples=60, deadline=None)
+def test_multi_row_inserts_store_what_one_insert_per_row_stores(
+    tmp_path_factory: pytest.TempPathFactory, n_existing: int, n_new: int, rng: Any
+) -> None:
+    # The reference: executemany (one statement per row, in order) into a copy of the
+    # table. Keys come from a small space, so that some rows clash with stored ones or with
+    # each other, and are ignored.
+    existing, new = (
+        [(rng.randrange(1000), rng.randrange(1000)) for _ in range(n)] for n in (n_existing, n_new)
+    )
+    path = tmp_path_factory.mktemp("ins") / "v.db"
+    insert = "INSERT OR IGNORE INTO {} VALUES (?, ?, ?, ?, ?)"
+    with TokenVault(path, cipher=aesgcm_cipher(KEY)) as vault:
+        db = vault._db
+        (schema,) = db.execute("SELECT sql FROM sqlite_master WHERE name='tokens'").fetchone()
+        db.execute(schema.replace("CREATE TABLE tokens", "CREATE TABLE reference"))
+        for table in ("tokens", "reference"):
+            db.executemany(insert.format(table), _rows(existing, "old"))
+        rows = _rows(new, "new")
+        expected = db.executemany(insert.format("reference"), rows).rowcount
+        db.execute("BEGIN IMMEDIATE")
+        assert vault._insert_rows(rows) == expected
+        db.execute("COMMIT")
+        query = "SELECT rowid, * FROM {} ORDER BY rowid"
+        assert list(db.execute(query.format("tokens"))) == list(
+            db.execute(query.format("reference"))
+        )
+
+
+@given(
+    cached=st.lists(st.integers(0, 20), max_size=10, unique=True),
+    pending=st.lists(st.integers(21, 40), max_size=10, unique=True),  # not cached
+    cache_size=st.integers(-1, 12),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_batchs_tokens_enter_the_lru_as_one_by_one(
+    tmp_path_factory: pytest.TempPathFactory,
+    cached: list[int],
+    pending: list[int],
+    cache_size: int,
+) -> None:
+    # The reference: _remember, token by token (what a committed batch did before).
+    path = tmp_path_factory.mktemp("lru") / "v.db"
+    with (
+        TokenVault(path, cipher=aesgcm_cipher(KEY), cache_size=cache_size) as one_by_one,
+        TokenVault(path, cipher=aesgcm_cipher(KEY), cache_size=cache_size) as at_once,
+    ):
+        for vault in (one_by_one, at_once):
+            for i in cached:
+                vault._remember(("d", b"%d" % i), f"old{i}")
+        tokens = {("d", b"%d" % i): f"new{i}" for i in pending}
+        for ck, token in tokens.items():
+            one_by_one._remember(ck, token)
+        at_once._remember_all(tokens)
+        assert list(at_once._cache.items()) == list(one_by_one._cache.items())
 
 
 # -- the pool of random bytes ----------------------------------------------------------------
