@@ -37,7 +37,6 @@ shape.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import os
@@ -49,7 +48,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -57,6 +55,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from trustzones._sqlite import insert_rows
 from trustzones.dlp._keyed import hmac_sha256
 from trustzones.dlp._native import load_native
 from trustzones.dlp._validators import luhn_valid
@@ -408,16 +407,6 @@ def _flagged(scanner: Scanner, token: str, field: str | None) -> bool:
     if field is None:
         return scanner.detects(token)
     return bool(scanner.scan_text(token, field=field))
-
-
-#: Most rows in one ``INSERT`` (5 parameters each: under SQLite's old limit of 999).
-_MAX_ROWS = 128
-
-
-@functools.cache
-def _insert_sql(rows: int) -> str:
-    """An ``INSERT OR IGNORE`` of ``rows`` rows into the tokens table."""
-    return "INSERT OR IGNORE INTO tokens VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * rows)  # noqa: S608
 
 
 def _default_scanner() -> Scanner:
@@ -926,24 +915,9 @@ class TokenVault:
         return replaced
 
     def _insert_rows(self, rows: list[tuple[str, str, bytearray, bytearray, float]]) -> int:
-        """``INSERT OR IGNORE`` ``rows`` in order; how many were stored. A statement of many
-        rows costs less per row than ``executemany``'s statement per row (~2 us of CPU less
-        per row, batches of 500); statements have a power of two of rows (up to
-        :data:`_MAX_ROWS`), so that only 8 are ever prepared (and then cached by the
-        connection)."""
-        db = self._db
-        stored = 0
-        start = 0
-        size = _MAX_ROWS
-        while size:
-            if len(rows) - start >= size:
-                sql = _insert_sql(size)
-                while len(rows) - start >= size:
-                    params = list(chain.from_iterable(rows[start : start + size]))
-                    stored += db.execute(sql, params).rowcount
-                    start += size
-            size //= 2
-        return stored
+        """``INSERT OR IGNORE`` ``rows`` in order, with multi-row statements; how many were
+        stored."""
+        return insert_rows(self._db, "INSERT OR IGNORE INTO tokens", 5, rows)
 
     def _new_token(self, new: _NewValue, *, check: bool) -> str:
         if new.format == "preserve":

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from trustzones._sqlite import insert_rows
 from trustzones.errors import (
     DecryptionFailed,
     KeyAccessDenied,
@@ -377,19 +378,26 @@ class EmbeddedBackend(Backend):
             nexts[p] = off + 1
             ts = now if r.timestamp_ms is None else r.timestamp_ms
             headers = self._headers.pack(r.headers) if r.headers else b""
+            # Blobs as bytearrays, and no NULL parameters where a column's default is NULL:
+            # see trustzones._sqlite (about 3 us less per sealed record).
             if cipher is not None:
                 blob = cipher.seal(
                     _pack_sealed(r.key, headers, r.value), aad=self._aad(topic, p, off)
                 )
-                add_row((topic, p, off, None, blob, None, ts))
+                add_row((topic, p, off, bytearray(blob), ts))
             else:
-                add_row((topic, p, off, r.key, r.value, headers or None, ts))
+                key = None if r.key is None else bytearray(r.key)
+                add_row((topic, p, off, key, bytearray(r.value), bytearray(headers) or None, ts))
             add_pos(RecordPosition(topic, p, off))
-        db.executemany(
-            'INSERT INTO records (topic, partition, "offset", key, value, headers, ts) '
-            "VALUES (?,?,?,?,?,?,?)",
-            rows,
-        )
+        if cipher is not None:
+            insert_rows(db, 'INSERT INTO records (topic, partition, "offset", value, ts)', 5, rows)
+        else:
+            insert_rows(
+                db,
+                'INSERT INTO records (topic, partition, "offset", key, value, headers, ts)',
+                7,
+                rows,
+            )
         db.executemany(
             "UPDATE partitions SET next_offset=? WHERE topic=? AND partition=?",
             [(nxt, topic, p) for p, nxt in nexts.items()],
