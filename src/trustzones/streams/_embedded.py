@@ -197,12 +197,13 @@ def _pack_sealed(key: bytes | None, headers: bytes, value: bytes) -> bytes:
     return _SEALED_HEAD.pack(flag, len(k), len(headers)) + k + headers + value
 
 
-def _unpack_sealed(blob: bytes) -> tuple[bytes | None, bytes, bytes]:
-    flag, kl, hl = _SEALED_HEAD.unpack_from(blob, 0)
-    i = _SEALED_HEAD.size
-    key = blob[i : i + kl] if flag else None
-    headers = blob[i + kl : i + kl + hl]
-    return key, headers, blob[i + kl + hl :]
+#: Why a row of a sealed zone did not give its record (audited with the stand-in).
+_NOT_SEALED = "record is not sealed (plaintext row?)"
+_DOES_NOT_OPEN = (
+    "record does not open here: changed, moved from another topic, partition or zone, or "
+    "sealed under a key this zone does not hold"
+)
+_MALFORMED = "record opened but its contents are malformed"
 
 
 class EmbeddedBackend(Backend):
@@ -237,6 +238,7 @@ class EmbeddedBackend(Backend):
         self._rr = itertools.count()
         self._last_purge: dict[str, float] = {}
         self._headers = _HeaderCodec()
+        self._aad_prefixes: dict[tuple[str, int], bytes] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
@@ -342,8 +344,15 @@ class EmbeddedBackend(Backend):
         return int(row[0])
 
     # -- records --------------------------------------------------------------------------
-    def _aad(self, topic: str, partition: int, offset: int) -> bytes:
-        return f"tz1\x00{self.zone}\x00{topic}\x00{partition}\x00{offset}".encode()
+    def _aad_prefix(self, topic: str, partition: int) -> bytes:
+        """The associated data of a record of ``topic`` in ``partition`` up to its offset,
+        ``tz1 NUL zone NUL topic NUL partition NUL`` (one per partition, remembered)."""
+        prefix = self._aad_prefixes.get((topic, partition))
+        if prefix is None:
+            prefix = f"tz1\x00{self.zone}\x00{topic}\x00{partition}\x00".encode()
+            if len(self._aad_prefixes) < 4096:
+                self._aad_prefixes[(topic, partition)] = prefix
+        return prefix
 
     def _append(
         self, db: sqlite3.Connection, topic: str, records: Sequence[NewRecord]
@@ -373,6 +382,7 @@ class EmbeddedBackend(Backend):
         positions: list[RecordPosition] = []
         cipher = self._cipher
         add_row, add_pos = rows.append, positions.append
+        prefixes = self._aad_prefixes
         for r, p in zip(records, targets, strict=True):
             off = nexts[p]
             nexts[p] = off + 1
@@ -381,9 +391,9 @@ class EmbeddedBackend(Backend):
             # Blobs as bytearrays, and no NULL parameters where a column's default is NULL:
             # see trustzones._sqlite (about 3 us less per sealed record).
             if cipher is not None:
-                blob = cipher.seal(
-                    _pack_sealed(r.key, headers, r.value), aad=self._aad(topic, p, off)
-                )
+                prefix = prefixes.get((topic, p)) or self._aad_prefix(topic, p)
+                plain = _pack_sealed(r.key, headers, r.value)
+                blob = cipher.seal(plain, aad=b"%b%d" % (prefix, off))
                 add_row((topic, p, off, bytearray(blob), ts))
             else:
                 key = None if r.key is None else bytearray(r.key)
@@ -447,45 +457,43 @@ class EmbeddedBackend(Backend):
             raise KeyAccessDenied(
                 f"this process may write to zone {self.zone!r} but not read it (wrap-only keys)"
             )
-        return [self._open(cipher, topic, partition, *row) for row in rows]
+        return self._open_rows(cipher, topic, partition, rows)
 
-    def _open(
-        self,
-        cipher: RecordCipher,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: object,
-        sealed: object,
-        headers: object,
-        ts: int,
-    ) -> Record:
-        """The record as produced, or its undecryptable stand-in (the reason is audited)."""
-        # A sealed row keeps key and headers inside the ciphertext; anything else in those
-        # columns (or a value that is not a blob) was not written by a sealing backend.
-        if key is not None or headers is not None or not isinstance(sealed, bytes):
-            return self._undecryptable(
-                topic, partition, offset, ts, "record is not sealed (plaintext row?)"
-            )
-        try:
-            plain = cipher.open(sealed, aad=self._aad(topic, partition, offset))
-        except DecryptionFailed:
-            return self._undecryptable(
-                topic,
-                partition,
-                offset,
-                ts,
-                "record does not open here: changed, moved from another topic, partition or "
-                "zone, or sealed under a key this zone does not hold",
-            )
-        try:
-            real_key, hbytes, value = _unpack_sealed(plain)
-            unpacked = self._headers.unpack(hbytes)
-        except (struct.error, UnicodeDecodeError):
-            return self._undecryptable(
-                topic, partition, offset, ts, "record opened but its contents are malformed"
-            )
-        return Record(topic, partition, offset, real_key, value, unpacked, ts)
+    def _open_rows(
+        self, cipher: RecordCipher, topic: str, partition: int, rows: list[Any]
+    ) -> list[Record]:
+        """The records of the sealed ``rows`` (offset, key, value, headers, timestamp) as
+        produced, or the undecryptable stand-in of each that does not open (the reason is
+        audited)."""
+        prefix = self._aad_prefix(topic, partition)
+        open_ = cipher.open
+        unpack_headers = self._headers.unpack
+        head, at = _SEALED_HEAD.unpack_from, _SEALED_HEAD.size
+        new = tuple.__new__  # the named tuples without a Python-level call per record
+        out: list[Record] = []
+        add = out.append
+        for offset, key, sealed, headers, ts in rows:
+            # A sealed row keeps key and headers inside the ciphertext; anything else in
+            # those columns (or a value that is not a blob) was not written by a sealing
+            # backend.
+            if key is not None or headers is not None or not isinstance(sealed, bytes):
+                add(self._undecryptable(topic, partition, offset, ts, _NOT_SEALED))
+                continue
+            try:
+                plain = open_(sealed, aad=b"%b%d" % (prefix, offset))
+            except DecryptionFailed:
+                add(self._undecryptable(topic, partition, offset, ts, _DOES_NOT_OPEN))
+                continue
+            try:
+                flag, kl, hl = head(plain, 0)
+                real_key = plain[at : at + kl] if flag else None
+                unpacked = unpack_headers(plain[at + kl : at + kl + hl])
+            except (struct.error, UnicodeDecodeError):
+                add(self._undecryptable(topic, partition, offset, ts, _MALFORMED))
+                continue
+            value = plain[at + kl + hl :]
+            add(new(Record, (topic, partition, offset, real_key, value, unpacked, ts)))
+        return out
 
     def _undecryptable(
         self, topic: str, partition: int, offset: int, ts: int, reason: str
