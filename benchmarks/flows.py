@@ -9,11 +9,15 @@ stores the source position, with both zones encrypted at rest:
   suppress) → destination schema and classification checks → DLP scan of the whole output →
   watermark → quarantine or produce, with lineage headers.
 
-    python benchmarks/flows.py [--records 20000] [--batch 500] [--returning 0] [--phases]
+    python benchmarks/flows.py [--records 20000] [--batch 500] [--returning 0] [--rounds 1]
+        [--phases]
 
 Every generated payment carries a new card number by default, so that each record costs the
 flow a new token in the vault (its worst case). ``--returning 0.6`` makes that share of the
 payments come from returning customers: the card and customer of a random earlier payment.
+``--rounds 5`` repeats the whole measurement in fresh workspaces, the copy and the flow taking
+turns to go first, and prints the median ratios: on a shared machine one round's ratio can be
+a quarter off.
 
 ``--phases`` also prints where each record's CPU time goes (microseconds of this process's CPU
 per record read, by step; nested steps are inside their parents). The timers wrap methods, so
@@ -25,11 +29,13 @@ from __future__ import annotations
 import argparse
 import functools
 import random
+import statistics
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +54,7 @@ from trustzones.flows import (
     open_flow,
     require_approved,
 )
-from trustzones.flows._runner import FlowRunner
+from trustzones.flows._runner import FlowRunner, FlowStats
 from trustzones.streams import NewRecord
 from trustzones.streams._embedded import EmbeddedBackend, _EmbeddedTransaction
 from trustzones.zone import Workspace
@@ -147,9 +153,97 @@ def main() -> None:
         default=0.0,
         help="share of payments with the card and customer of an earlier one (default 0)",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat copy and flow in fresh workspaces, alternating which goes first, and "
+        "print the median ratios (the machine's speed drifts)",
+    )
     a = ap.parse_args()
     spent_copy: dict[str, float] = defaultdict(float)
     spent_flow: dict[str, float] = defaultdict(float)
+    results = [one_round(a, spent_copy, spent_flow, flow_first=r % 2 == 1) for r in range(a.rounds)]
+    cards = "every card new" if not a.returning else f"{a.returning:.0%} returning customers"
+    print(
+        f"flows on the embedded backend — {a.records} records of ~{results[0].size:.0f} B, "
+        f"batches of {a.batch}, both zones encrypted at rest, {cards}"
+    )
+    for n, r in enumerate(results, 1):
+        if a.rounds > 1:
+            print(f"round {n} ({'flow' if n % 2 == 0 else 'copy'} first)")
+        print(f"  plain copy (consume → produce)   {r.copy_rate:>10,.0f} records/s")
+        print(
+            f"  sanitising flow                  {r.flow_rate:>10,.0f} records/s   "
+            f"({r.stats.delivered} delivered, {r.stats.quarantined} quarantined)"
+        )
+        print(f"  ratio flow / plain copy          {r.ratio:.2f}  (target >= 0.50)")
+        print(
+            f"  per CPU second: copy {r.cpu_copy:,.0f}, flow {r.cpu_flow:,.0f} records/s, "
+            f"ratio {r.cpu_ratio:.2f} (this process's CPU time: the same on a busy machine)"
+        )
+    if a.rounds > 1:
+
+        def median(values: Iterator[float]) -> float:
+            return statistics.median(values)
+
+        print(
+            f"median of {a.rounds} rounds: ratio {median(r.ratio for r in results):.2f}, per CPU "
+            f"second {median(r.cpu_ratio for r in results):.2f} (copy "
+            f"{median(r.cpu_copy for r in results):,.0f}, flow "
+            f"{median(r.cpu_flow for r in results):,.0f} records per CPU second)"
+        )
+    if a.phases:
+        copied = sum(r.copied for r in results)
+        read = sum(r.stats.read for r in results)
+        print("where the CPU goes (timers on: every figure a little higher than without)")
+        print_phases("plain copy", spent_copy, copied, sum(r.c_copy for r in results))
+        print_phases("sanitising flow", spent_flow, read, sum(r.c_flow for r in results))
+
+
+@dataclass(frozen=True)
+class Round:
+    size: float  # mean record size
+    copied: int
+    t_copy: float  # wall seconds
+    c_copy: float  # CPU seconds of this process
+    stats: FlowStats
+    t_flow: float
+    c_flow: float
+
+    @property
+    def copy_rate(self) -> float:
+        return self.copied / self.t_copy
+
+    @property
+    def flow_rate(self) -> float:
+        return self.stats.read / self.t_flow
+
+    @property
+    def ratio(self) -> float:
+        return self.flow_rate / self.copy_rate
+
+    @property
+    def cpu_copy(self) -> float:
+        return self.copied / self.c_copy
+
+    @property
+    def cpu_flow(self) -> float:
+        return self.stats.read / self.c_flow
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cpu_flow / self.cpu_copy
+
+
+def one_round(
+    a: argparse.Namespace,
+    spent_copy: dict[str, float],
+    spent_flow: dict[str, float],
+    *,
+    flow_first: bool,
+) -> Round:
+    """Load a fresh workspace, then time the plain copy and the flow over the same records."""
     with tempfile.TemporaryDirectory() as d:
         ws_dir = Path(d) / "ws"
         assert cli(["init", str(ws_dir)]) == 0
@@ -182,37 +276,26 @@ def main() -> None:
                 (req,) = store.list()
                 store.approve(req.id, approver="security-officer")
 
-            with timed_phases(spent_copy) if a.phases else _untimed():
-                t0, c0 = time.perf_counter(), time.process_time()
-                copied = plain_copy(ws, a.batch)
-                t_copy, c_copy = time.perf_counter() - t0, time.process_time() - c0
+            def copy() -> tuple[int, float, float]:
+                with timed_phases(spent_copy) if a.phases else _untimed():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    copied = plain_copy(ws, a.batch)
+                    return copied, time.perf_counter() - t0, time.process_time() - c0
 
-            with timed_phases(spent_flow) if a.phases else _untimed():
-                t0, c0 = time.perf_counter(), time.process_time()
-                stats = runner.run(once=True, batch=a.batch)
-                t_flow, c_flow = time.perf_counter() - t0, time.process_time() - c0
+            def flow() -> tuple[FlowStats, float, float]:
+                with timed_phases(spent_flow) if a.phases else _untimed():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    stats = runner.run(once=True, batch=a.batch)
+                    return stats, time.perf_counter() - t0, time.process_time() - c0
+
+            if flow_first:
+                stats, t_flow, c_flow = flow()
+                copied, t_copy, c_copy = copy()
+            else:
+                copied, t_copy, c_copy = copy()
+                stats, t_flow, c_flow = flow()
     assert copied == a.records and stats.read == a.records
-    copy_rate, flow_rate = copied / t_copy, stats.read / t_flow
-    cards = "every card new" if not a.returning else f"{a.returning:.0%} returning customers"
-    print(
-        f"flows on the embedded backend — {a.records} records of ~{size:.0f} B, "
-        f"batches of {a.batch}, both zones encrypted at rest, {cards}"
-    )
-    print(f"  plain copy (consume → produce)   {copy_rate:>10,.0f} records/s")
-    print(
-        f"  sanitising flow                  {flow_rate:>10,.0f} records/s   "
-        f"({stats.delivered} delivered, {stats.quarantined} quarantined)"
-    )
-    print(f"  ratio flow / plain copy          {flow_rate / copy_rate:.2f}  (target >= 0.50)")
-    cpu_copy, cpu_flow = copied / c_copy, stats.read / c_flow
-    print(
-        f"  per CPU second: copy {cpu_copy:,.0f}, flow {cpu_flow:,.0f} records/s, "
-        f"ratio {cpu_flow / cpu_copy:.2f} (this process's CPU time: the same on a busy machine)"
-    )
-    if a.phases:
-        print("where the CPU goes (timers on: every figure a little higher than without)")
-        print_phases("plain copy", spent_copy, copied, c_copy)
-        print_phases("sanitising flow", spent_flow, stats.read, c_flow)
+    return Round(size, copied, t_copy, c_copy, stats, t_flow, c_flow)
 
 
 @contextmanager
