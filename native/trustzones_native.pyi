@@ -89,6 +89,10 @@ def preserving_token(value: str, keep_last: int, min_random: int, random: bytes)
     """A format-preserving vault token for an ASCII value (see ``native/src/tokens.rs``);
     None when the value is not ASCII, has too few random positions, or ``random`` runs out."""
 
+def pack_headers(headers: object) -> bytes | None:
+    """A record's header block as ``trustzones.streams._embedded._pack_headers`` packs it
+    (see ``native/src/records.rs``); None for what it leaves to Python."""
+
 # The audit log's hot paths (``native/src/audit.rs``; used through ``trustzones.audit._native``).
 def audit_rows(
     events: list[object],

@@ -7,6 +7,7 @@ mod context;
 mod engine;
 mod json;
 mod keep;
+mod records;
 mod tokens;
 mod transforms;
 mod validators;
@@ -31,6 +32,7 @@ fn trustzones_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transforms::mask_ascii, m)?)?;
     m.add_function(wrap_pyfunction!(float_text, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::preserving_token, m)?)?;
+    m.add_function(wrap_pyfunction!(records::pack_headers, m)?)?;
     m.add_function(wrap_pyfunction!(audit::audit_rows, m)?)?;
     m.add_function(wrap_pyfunction!(audit::compact_extend, m)?)?;
     m.add_function(wrap_pyfunction!(audit::flow_events, m)?)?;

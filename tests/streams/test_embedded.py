@@ -25,7 +25,7 @@ from zone_keys import ZoneKeys
 
 from trustzones.errors import TransactionAborted, UnknownTopic
 from trustzones.keys._errors import OPAQUE_MESSAGE
-from trustzones.streams import EmbeddedBackend, NewRecord
+from trustzones.streams import EmbeddedBackend, NewRecord, _embedded
 from trustzones.streams._embedded import (
     _CACHE_ENTRIES,
     _CACHE_LONGEST,
@@ -369,3 +369,51 @@ def test_the_header_codec_caches_stay_bounded_and_skip_what_they_cannot_hold() -
     with pytest.raises(struct.error):
         codec.unpack(b"\x00")
     assert not codec._unpacked
+
+
+# Names with lone surrogates and values of other bytes-like types, which the native core
+# leaves to Python, besides plain ones.
+ODD_HEADERS = st.lists(
+    st.tuples(
+        st.text(st.characters(blacklist_categories=()), min_size=0, max_size=6),
+        st.one_of(st.binary(max_size=20), st.binary(max_size=20).map(bytearray)),
+    ),
+    max_size=6,
+)
+
+
+@given(headers=ODD_HEADERS, as_list=st.booleans())
+def test_the_native_header_block_is_the_python_one_or_left_to_python(
+    headers: list[tuple[str, bytes]], as_list: bool
+) -> None:
+    native = _embedded._native_pack_headers
+    if native is None:
+        pytest.skip("the native core (python -m pip install ./native) is not installed")
+    block = native(headers if as_list else tuple(headers))
+    try:
+        expected: bytes | None = _pack_headers(headers)
+    except UnicodeEncodeError:  # a lone surrogate in a name: Python raises, natively None
+        expected = None
+    plain = all(type(v) is bytes for _, v in headers)
+    assert block == (expected if plain else None)
+    # The codec gives the Python bytes whichever path packs them, and raises as Python does.
+    for codec in (_HeaderCodec(), _HeaderCodec(native=False)):
+        if expected is None:
+            with pytest.raises(UnicodeEncodeError):
+                codec.pack(headers)
+        else:
+            assert codec.pack(headers) == expected
+
+
+def test_the_native_header_block_leaves_odd_containers_and_lengths_to_python() -> None:
+    native = _embedded._native_pack_headers
+    if native is None:
+        pytest.skip("the native core (python -m pip install ./native) is not installed")
+    assert native(iter([("a", b"x")])) is None  # neither a tuple nor a list
+    assert native([["a", b"x"]]) is None  # a header that is a list
+    assert native([("a", b"x", b"y")]) is None
+    assert native([("a" * 65_536, b"")]) is None  # the name's length needs more than 16 bits
+    with pytest.raises(struct.error):
+        _HeaderCodec().pack([("a" * 65_536, b"")])
+    assert native([("a" * 65_535, b"")]) == _pack_headers([("a" * 65_535, b"")])
+    assert native(()) == b""

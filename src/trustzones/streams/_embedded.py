@@ -32,15 +32,16 @@ sealer (a flow writing down) may produce but not read: ``fetch`` raises
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from trustzones._sqlite import insert_rows
 from trustzones.errors import (
@@ -108,6 +109,20 @@ _SEALED_HEAD = struct.Struct(">BII")
 _HEADER_HEAD = struct.Struct(">HI")
 
 
+def _load_native_pack() -> Callable[[object], bytes | None] | None:
+    """``trustzones_native.pack_headers`` (``native/src/records.rs``: the bytes of
+    :func:`_pack_headers`, or None for what it leaves to Python), if the native core is
+    installed and has it."""
+    try:
+        native = importlib.import_module("trustzones_native")
+    except ImportError:
+        return None
+    return cast("Callable[[object], bytes | None] | None", getattr(native, "pack_headers", None))
+
+
+_native_pack_headers = _load_native_pack()
+
+
 def _pack_header(name: str, value: bytes) -> bytes:
     encoded = name.encode()
     return _HEADER_HEAD.pack(len(encoded), len(value)) + encoded + value
@@ -150,13 +165,19 @@ class _HeaderCodec:
     it. Results are identical to ``_pack_headers`` / ``_unpack_headers``.
     """
 
-    __slots__ = ("_packed", "_unpacked")
+    __slots__ = ("_native", "_packed", "_unpacked")
 
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool = True) -> None:
         self._packed: dict[Header, bytes] = {}
         self._unpacked: dict[bytes, tuple[Header, ...]] = {}
+        # The native core packs a whole block in one call (without: the cached Python path).
+        self._native = _native_pack_headers if native else None
 
     def pack(self, headers: Sequence[Header]) -> bytes:
+        if self._native is not None:
+            block = self._native(headers)
+            if block is not None:
+                return block
         cache = self._packed
         parts: list[bytes] = []
         for header in headers:
