@@ -19,20 +19,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import SecretStr
 
 from trustzones.audit import AuditLog, NoteSigner, content_hash
-from trustzones.audit._kafka import KafkaAuditLog
 from trustzones.audit.events import AuditEvent, new_event, record_accesses
 from trustzones.audit.notes import write_key_files
 from trustzones.audit.windows import RecordWindows, recover_pending
 from trustzones.config import Config
 from trustzones.config.model import AuditKafkaBackend
 from trustzones.errors import AuditError
-from trustzones.streams._kafka_admin import KafkaConnection
+
+if TYPE_CHECKING:  # the Kafka modules need confluent-kafka (the `kafka` extra): imported on use
+    from trustzones.audit._kafka import KafkaAuditLog
+    from trustzones.streams._kafka_admin import KafkaConnection
 
 __all__ = ["WorkspaceAudit"]
 
@@ -113,6 +115,8 @@ class WorkspaceAudit:
                 )
             backend = self.config.file.audit.backend
             if isinstance(backend, AuditKafkaBackend):
+                from trustzones.audit._kafka import KafkaAuditLog
+
                 self._log = KafkaAuditLog(
                     self._writer_login(backend),
                     signer=NoteSigner.from_file(self.key_path),
@@ -148,6 +152,8 @@ class WorkspaceAudit:
                 "be audited and nothing may happen; run `trustzones apply` to create it"
             )
         extra = {"ssl.ca.location": backend.ssl_ca_location} if backend.ssl_ca_location else {}
+        from trustzones.streams._kafka_admin import KafkaConnection
+
         return KafkaConnection(
             backend.bootstrap,
             username=backend.writer,
