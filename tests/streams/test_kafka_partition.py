@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import confluent_kafka
 import pytest
@@ -80,3 +82,13 @@ def test_the_kafka_producer_places_keys_where_partition_for_says(
     placed = [p.partition for p in positions]
     assert placed == [partition_for(k, 13) for k in keys]
     assert set(placed) == set(range(13))
+
+
+def test_importing_trustzones_leaves_confluent_kafka_unimported() -> None:
+    # A workspace without Kafka zones does not pay for importing confluent-kafka (~40-70 ms):
+    # partition_for looks librdkafka's partitioner up on first use.
+    code = (
+        "import sys, trustzones.cli, trustzones.streams._partition\n"
+        "sys.exit('confluent_kafka' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=120).returncode == 0

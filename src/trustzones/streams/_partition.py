@@ -24,13 +24,25 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any, cast
 
-try:
-    from confluent_kafka import murmur2 as _librdkafka_partition
-except ImportError:  # the Kafka extra is not installed (or too old to have it)
-    _fast: Callable[[bytes, int], int] | None = None
-else:
-    _fast = _librdkafka_partition
+#: librdkafka's partitioner once looked up (None: confluent-kafka is not installed, or too
+#: old to have it); looked up on first use, so that importing this module does not import
+#: confluent-kafka (~40-70 ms) for a workspace that never partitions a key.
+_UNRESOLVED: Any = object()
+_fast: Any = _UNRESOLVED  # a Callable[[bytes, int], int], None, or _UNRESOLVED
+
+
+def _librdkafka_partition() -> Callable[[bytes, int], int] | None:
+    global _fast
+    try:
+        from confluent_kafka import murmur2 as fast
+    except ImportError:  # the Kafka extra is not installed (or too old to have it)
+        _fast = None
+    else:
+        _fast = fast
+    return cast("Callable[[bytes, int], int] | None", _fast)
+
 
 __all__ = ["murmur2", "partition_for"]
 
@@ -69,6 +81,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     """The partition of a record with ``key`` in a topic of ``partitions`` partitions."""
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
-    if _fast is not None and type(key) is bytes:
-        return _fast(key, partitions)
+    fast = _fast if _fast is not _UNRESOLVED else _librdkafka_partition()
+    if fast is not None and type(key) is bytes:
+        return int(fast(key, partitions))
     return (murmur2(key) & 0x7FFFFFFF) % partitions
