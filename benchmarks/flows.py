@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import yaml
@@ -236,6 +236,18 @@ class Round:
         return self.cpu_flow / self.cpu_copy
 
 
+T = TypeVar("T")
+
+
+def timed(spent: dict[str, float] | None, fn: Callable[[], T]) -> tuple[T, float, float]:
+    """``fn()``, its wall seconds and this process's CPU seconds (with the ``--phases``
+    timers adding to ``spent`` when it is given)."""
+    with timed_phases(spent) if spent is not None else _untimed():
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        return out, time.perf_counter() - t0, time.process_time() - c0
+
+
 def one_round(
     a: argparse.Namespace,
     spent_copy: dict[str, float],
@@ -277,16 +289,13 @@ def one_round(
                 store.approve(req.id, approver="security-officer")
 
             def copy() -> tuple[int, float, float]:
-                with timed_phases(spent_copy) if a.phases else _untimed():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    copied = plain_copy(ws, a.batch)
-                    return copied, time.perf_counter() - t0, time.process_time() - c0
+                return timed(spent_copy if a.phases else None, lambda: plain_copy(ws, a.batch))
 
             def flow() -> tuple[FlowStats, float, float]:
-                with timed_phases(spent_flow) if a.phases else _untimed():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    stats = runner.run(once=True, batch=a.batch)
-                    return stats, time.perf_counter() - t0, time.process_time() - c0
+                return timed(
+                    spent_flow if a.phases else None,
+                    lambda: runner.run(once=True, batch=a.batch),
+                )
 
             if flow_first:
                 stats, t_flow, c_flow = flow()
