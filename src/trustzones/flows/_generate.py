@@ -52,6 +52,9 @@ class _Gen:
         self.leak_rate = leak_rate
         self.base = base
         self.card_brand: str | None = None
+        #: The event's person: born on this day (set by whichever of age and date of birth
+        #: comes first, so that the other agrees with it).
+        self.born: dt.date | None = None
 
     def value(self, name: str, node: Mapping[str, Any], required: bool) -> Any:
         if "enum" in node:
@@ -105,11 +108,20 @@ class _Gen:
         if pii == "phone":
             return s.phone()
         if pii == "age":
-            return self.rng.choice(
-                (self.rng.randint(18, 89), self.rng.randint(18, 70), self.rng.randint(90, 99))
-            )
+            if self.born is None:
+                age = self.rng.choice(
+                    (self.rng.randint(18, 89), self.rng.randint(18, 70), self.rng.randint(90, 99))
+                )
+                # Born on a day between age + 1 years and age years before the event's day.
+                today = self.base.date()
+                start = _years_before(today, age + 1) + dt.timedelta(days=1)
+                end = _years_before(today, age)
+                self.born = start + dt.timedelta(days=self.rng.randint(0, (end - start).days))
+            return _age(self.born, self.base.date())
         if pii == "date_of_birth":
-            return s.date_of_birth()
+            if self.born is None:
+                self.born = dt.date.fromisoformat(s.date_of_birth())
+            return self.born.isoformat()
         if pii == "zip":
             return s.address()["zip"][:5]
         if pii == "ssn":
@@ -209,6 +221,7 @@ def generate_events(
     for _ in range(count):
         for _attempt in range(20):
             gen.card_brand = None
+            gen.born = None
             ev = gen.obj(schema)
             if validator.is_valid(ev):
                 out.append(ev)
@@ -219,6 +232,19 @@ def generate_events(
                 "has constraints the generator does not know"
             )
     return out
+
+
+def _years_before(day: dt.date, years: int) -> dt.date:
+    """``day``, ``years`` years earlier (29 February becomes 28 February)."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:
+        return day.replace(year=day.year - years, day=28)
+
+
+def _age(born: dt.date, on: dt.date) -> int:
+    """Whole years from ``born`` to ``on``."""
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
 def event_key(config: Config, topic: str, event: Mapping[str, Any]) -> bytes | None:
