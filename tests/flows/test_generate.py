@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trustzones.flows import generate_events
-from trustzones.flows._generate import _age, _years_before
+from trustzones.flows._generate import _MERCHANTS, _age, _years_before
 from trustzones.zone import Workspace
 
 #: The day the generator's events happen on (their timestamps fall within it).
 EVENT_DAY = dt.date(2026, 11, 28)
 
 
-def test_age_and_date_of_birth_describe_the_same_person(ws: Workspace) -> None:
+def test_each_event_is_about_one_person_and_one_merchant(ws: Workspace) -> None:
     events = generate_events(ws.config, "payments.transactions", 400, seed=21)
     validator = jsonschema_rs.validator_for(dict(ws.config.schema("payments.transactions")))
     both = 0
@@ -31,6 +31,13 @@ def test_age_and_date_of_birth_describe_the_same_person(ws: Workspace) -> None:
             born = dt.date.fromisoformat(customer["birth_date"])
             assert customer["age"] == _age(born, EVENT_DAY), customer
     assert both > 300  # optional fields are left out one time in ten
+    # A merchant's name goes with its category.
+    merchants = {
+        (m["name"], m["category"])
+        for e in events
+        if {"name", "category"} <= set(m := e.get("merchant", {}))
+    }
+    assert merchants == set(_MERCHANTS)
     # Ages above 89 come up (HIPAA generalises them to 90+), as do ordinary ones.
     assert any(a >= 90 for a in ages) and any(18 <= a < 90 for a in ages)
 

@@ -55,6 +55,8 @@ class _Gen:
         #: The event's person: born on this day (set by whichever of age and date of birth
         #: comes first, so that the other agrees with it).
         self.born: dt.date | None = None
+        #: The event's merchant (name, category), chosen at its first field.
+        self.merchant: tuple[str, str] | None = None
 
     def value(self, name: str, node: Mapping[str, Any], required: bool) -> Any:
         if "enum" in node:
@@ -175,10 +177,10 @@ class _Gen:
             return rng.choice(_PAGES)
         if name == "country":
             return rng.choice(("US", "GB", "DE", "FR", "NL"))
-        if name == "name":
-            return rng.choice(_MERCHANTS)[0]
-        if name == "category":
-            return rng.choice(_MERCHANTS)[1]
+        if name in ("name", "category"):
+            if self.merchant is None:
+                self.merchant = rng.choice(_MERCHANTS)
+            return self.merchant[0] if name == "name" else self.merchant[1]
         if name.endswith("_ms") or name == "duration":
             return rng.randint(50, 120_000)
         return None
@@ -222,6 +224,7 @@ def generate_events(
         for _attempt in range(20):
             gen.card_brand = None
             gen.born = None
+            gen.merchant = None
             ev = gen.obj(schema)
             if validator.is_valid(ev):
                 out.append(ev)
