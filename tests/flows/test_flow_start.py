@@ -38,7 +38,7 @@ def test_overlapped_start_reads_what_the_sequential_one_reads(
     assert quarantine_positions
     assert all(quarantine_positions.get(p, 0) <= positions[p] for p in positions)
     # The zones' steps on two threads, as when a zone is on Kafka.
-    monkeypatch.setattr(FlowRunner, "_overlap_pays", lambda self: True)
+    monkeypatch.setattr(FlowRunner, "_overlap_start", lambda self: True)
     seen: list[str] = []
     read = src.committed_offsets
 
@@ -55,7 +55,7 @@ def test_a_failed_start_raises_once_the_source_zone_is_idle(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _moved(ws)
-    monkeypatch.setattr(FlowRunner, "_overlap_pays", lambda self: True)
+    monkeypatch.setattr(FlowRunner, "_overlap_start", lambda self: True)
     runner = open_flow(ws, FLOW)
     src, dst = ws.backend("payments"), runner.dest_backend()
     destination_failed = threading.Event()
