@@ -6,7 +6,7 @@
 //! `MAX_NESTING`); the Python code then does the whole record, with the same result.
 
 use hmac::{Hmac, KeyInit, Mac};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use pyo3::{ffi, Borrowed};
@@ -65,6 +65,15 @@ fn next_entry<'a, 'py>(d: &'a Bound<'py, PyDict>, pos: &mut ffi::Py_ssize_t) -> 
         }
         Some((Borrowed::from_ptr(d.py(), k), Borrowed::from_ptr(d.py(), v)))
     }
+}
+
+/// Python's error for a dict whose size changed while it was iterated (the walk then stops,
+/// as Python's iteration does, where pyo3's dict iterator would panic).
+fn unchanged(d: &Bound<'_, PyDict>, size: usize) -> Result<(), Stop> {
+    if d.len() == size {
+        return Ok(());
+    }
+    Err(Stop::Err(PyRuntimeError::new_err("dictionary changed size during iteration")))
 }
 
 /// Python's `tv is str or tv is int or tv is float or tv is bool or v is None`.
@@ -243,8 +252,11 @@ impl<'py> Walk<'_, 'py> {
         }
         let out = if dropped { PyDict::new(self.py) } else { d.copy()? };
         if dropped || nested {
+            let size = d.len();
             let (mut pos, mut i) = (0, start);
-            while let Some((k, v)) = next_entry(d, &mut pos) {
+            loop {
+                unchanged(d, size)?; // a walk below may have run `problem` (see `dict`)
+                let Some((k, v)) = next_entry(d, &mut pos) else { break };
                 let Some(&c) = self.scratch.get(i) else { return Err(Stop::Python) };
                 i += 1;
                 if c == DROPPED {
@@ -266,12 +278,20 @@ impl<'py> Walk<'_, 'py> {
     /// The walk of a dict, resolving its keys on the way (`KeepChecked._walk`).
     fn dict(&mut self, d: &Bound<'py, PyDict>, at: u32, nesting: usize) -> Result<Bound<'py, PyDict>, Stop> {
         let out = PyDict::new(self.py);
-        for (i, (k, v)) in d.iter().enumerate() {
+        let size = d.len();
+        let (mut pos, mut i) = (0, 0);
+        loop {
+            // `problem` (Python) runs below and may change `d`: its size is checked before each
+            // step, as Python's iteration checks it, and each entry is held while it is used.
+            unchanged(d, size)?;
+            let Some((k, v)) = next_entry(d, &mut pos) else { break };
+            let (k, v) = (k.to_owned(), v.to_owned());
             let c = match self.known(at, i, &k)? {
                 Some(c) => c,
                 // `known` took it as UTF-8 already.
                 None => self.key(at, k.cast_exact::<PyString>().map_err(PyErr::from)?.to_str()?)?,
             };
+            i += 1;
             if c == DROPPED {
                 continue;
             }

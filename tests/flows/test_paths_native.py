@@ -243,6 +243,27 @@ def test_an_error_of_problem_reaches_the_caller_and_nothing_is_half_remembered(
     assert calls == ["", "a", "a"]
 
 
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("at", ["a", "b.c"])
+def test_a_problem_that_changes_the_record_stops_the_walk_as_python_does(
+    native: bool, at: str
+) -> None:
+    doc: dict[str, Any] = {"a": 1, "b": {"c": 2, "d": 3}, "e": 4}
+    changed = {"a": doc, "b.c": doc["b"]}[at]
+
+    def problem(path: str) -> str | None:
+        if path == at:
+            changed["z"] = 0  # the dict being walked grows
+        return None
+
+    keep = KeepChecked({"a", "b", "b.c", "b.d", "e"}, problem, 3, native=native)
+    assert (keep._native is not None) is native
+    # RuntimeError, as Python's own iteration raises (the native walk raised pyo3's
+    # PanicException, which is no Exception at all)
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        keep(doc)
+
+
 def test_a_keep_checked_in_a_reference_cycle_is_collected() -> None:
     # A flow's problem is a method of the flow, which holds the KeepChecked: the native
     # walker, which Python's garbage collector cannot see into, must not hold it.
