@@ -4,7 +4,7 @@ Example::
 
     from trustzones.audit import NoteSigner
     from trustzones.audit._kafka import KafkaAuditLog, KafkaAuditReader, verify_kafka_log
-    from trustzones.streams._kafka_admin import KafkaConnection
+    from trustzones.streams._kafka_admin import KafkaConnection, translate_kafka_error
 
     writer = KafkaConnection("broker:9092", username="trustzones-audit", password="...")
     with KafkaAuditLog(writer, signer=signer, prefix="prod.") as log:
@@ -68,7 +68,7 @@ from trustzones.audit.log import AuditorCheck, AuditorGate, InclusionProofBundle
 from trustzones.audit.merkle import CompactRange, inclusion_proof, leaf_hash, range_hash
 from trustzones.audit.notes import Checkpoint, NoteSigner, NoteVerifier
 from trustzones.errors import AuditError
-from trustzones.streams._kafka_admin import KafkaConnection
+from trustzones.streams._kafka_admin import KafkaConnection, translate_kafka_error
 
 __all__ = [
     "BATCH_HEADER",
@@ -119,7 +119,13 @@ class _Entry:
 
 def _scan(conn: KafkaConnection, topic: str, *, timeout_s: float) -> Iterator[_Entry]:
     """Every committed record of partition 0 of ``topic``, in offset order, up to its end."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
 
     conf = conn.client_config(f"tz-audit-reader-{uuid.uuid4().hex[:8]}")
     conf.update(
@@ -132,7 +138,12 @@ def _scan(conn: KafkaConnection, topic: str, *, timeout_s: float) -> Iterator[_E
     )
     consumer = Consumer(conf)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise translate_kafka_error(
+                exc, action=f"read the audit topic {topic!r}", conn=conn
+            ) from exc
         if meta is None or meta.error is not None:
             why = meta.error.str() if meta is not None and meta.error is not None else "missing"
             raise AuditError(

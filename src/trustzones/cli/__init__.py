@@ -131,6 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        # A Kafka client error that no command turned into one of ours: still an error
+        # message, not a traceback (-v shows where). Its text names no password.
+        kafka = sys.modules.get("confluent_kafka")
+        if kafka is None or not isinstance(exc, kafka.KafkaException):
+            raise
+        if verbose:
+            traceback.print_exc()
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
+        click.echo(f"error: Kafka: {text}. Is the cluster running and reachable?", err=True)
+        return 1
     return 0
 
 

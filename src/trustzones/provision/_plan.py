@@ -157,7 +157,7 @@ def _topics(
         ResourceType,
     )
 
-    md = admin.client.list_topics(timeout=admin.timeout_s)
+    md = admin.metadata()
     parts = {n: len(t.partitions) for n, t in md.topics.items() if t.error is None}
     configs: dict[str, dict[str, str]] = {}
     wanted = [n for n in names if n in parts]

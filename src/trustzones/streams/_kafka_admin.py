@@ -337,6 +337,14 @@ class KafkaAdmin:
             self._client = AdminClient(self.conn.client_config("trustzones-admin", self._errors))
         return self._client
 
+    def metadata(self) -> Any:
+        """The cluster's metadata (``ClusterMetadata``: every topic it lets this login see)."""
+        try:
+            return self.client.list_topics(timeout=self.timeout_s)
+        except KafkaException as exc:
+            self.client.poll(0)  # serve error_cb so an authentication failure can be named
+            _raise(exc, action="list topics", conn=self.conn, errors=self._errors)
+
     def _result(self, future: Any, action: str) -> Any:
         try:
             return future.result(timeout=self.timeout_s)
