@@ -42,22 +42,31 @@ def test_reading_the_audit_topic_of_a_cluster_that_does_not_answer() -> None:
     assert PASSWORD not in str(err.value)
 
 
+@pytest.mark.parametrize("down", [True, False])
 def test_the_cli_turns_a_raw_kafka_error_into_a_message(
-    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    workspace_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    down: bool,
 ) -> None:
     from confluent_kafka import KafkaError, KafkaException
 
     import trustzones.provision as provision
 
-    def down(_config: object) -> object:
-        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+    code = KafkaError._TRANSPORT if down else KafkaError.INVALID_CONFIG
+    reason = "Broker transport failure" if down else "Invalid configuration"
 
-    monkeypatch.setattr(provision, "make_plan", down)
+    def fails(_config: object) -> object:
+        raise KafkaException(KafkaError(code, reason))
+
+    monkeypatch.setattr(provision, "make_plan", fails)
     capsys.readouterr()
     assert main(["plan"]) == 1
     out = capsys.readouterr()
-    assert "error: Kafka: Broker transport failure" in out.err
+    assert f"error: Kafka: {reason}" in out.err
     assert "Traceback" not in out.err
+    # The hint only where the cluster did not answer.
+    assert ("running and reachable" in out.err) is down
 
 
 def test_plan_reads_a_cluster_that_does_not_answer_as_an_error() -> None:

@@ -4,7 +4,7 @@ Example::
 
     from trustzones.audit import NoteSigner
     from trustzones.audit._kafka import KafkaAuditLog, KafkaAuditReader, verify_kafka_log
-    from trustzones.streams._kafka_admin import KafkaConnection, translate_kafka_error
+    from trustzones.streams._kafka_admin import KafkaConnection
 
     writer = KafkaConnection("broker:9092", username="trustzones-audit", password="...")
     with KafkaAuditLog(writer, signer=signer, prefix="prod.") as log:

@@ -101,6 +101,19 @@ def _audit_defaults(ctx: click.Context, st: object) -> None:
 _register(cli)
 
 
+def _cluster_down(err: object) -> bool:
+    """Whether a librdkafka ``KafkaError`` says the cluster did not answer."""
+    from confluent_kafka import KafkaError
+
+    down = (
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+    )
+    return isinstance(err, KafkaError) and err.code() in down
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
@@ -139,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
-        err = exc.args[0] if exc.args else exc
-        text = err.str() if hasattr(err, "str") else str(err)
-        click.echo(f"error: Kafka: {text}. Is the cluster running and reachable?", err=True)
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], kafka.KafkaError) else None
+        text = err.str() if err is not None else str(exc)
+        hint = " Is the cluster running and reachable?" if _cluster_down(err) else ""
+        click.echo(f"error: Kafka: {text}.{hint}", err=True)
         return 1
     return 0
 

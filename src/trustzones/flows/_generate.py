@@ -58,6 +58,12 @@ class _Gen:
         #: The event's merchant (name, category), chosen at its first field.
         self.merchant: tuple[str, str] | None = None
 
+    def start_event(self) -> None:
+        """Forget the previous event's card brand, person and merchant."""
+        self.card_brand = None
+        self.born = None
+        self.merchant = None
+
     def value(self, name: str, node: Mapping[str, Any], required: bool) -> Any:
         if "enum" in node:
             return self.rng.choice(list(node["enum"]))
@@ -222,9 +228,7 @@ def generate_events(
     out = []
     for _ in range(count):
         for _attempt in range(20):
-            gen.card_brand = None
-            gen.born = None
-            gen.merchant = None
+            gen.start_event()
             ev = gen.obj(schema)
             if validator.is_valid(ev):
                 out.append(ev)
